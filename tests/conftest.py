@@ -16,3 +16,56 @@ def speech_set(name: str) -> Path:
     if not (path / "metadata.csv").is_file():
         pytest.skip(f"speech set {name!r} not found under {DATA_ROOT} (set LITE_WHISPER_DATA to its parent)")
     return path
+
+
+# A Whisper small enough for fast CPU tests; the real-weight tests use the imported tiny.en / base instead.
+TINY_WHISPER = dict(
+    d_model=64,
+    encoder_layers=2,
+    decoder_layers=2,
+    encoder_attention_heads=4,
+    decoder_attention_heads=4,
+    encoder_ffn_dim=128,
+    decoder_ffn_dim=128,
+    vocab_size=100,
+    num_mel_bins=16,
+    max_source_positions=30,
+    max_target_positions=20,
+    pad_token_id=0,
+    bos_token_id=1,
+    eos_token_id=2,
+    decoder_start_token_id=3,
+    begin_suppress_tokens=None,
+)
+
+
+def factorise_exactly(dense_model, low_rank_config):
+    """A LiteWhisper that computes exactly what `dense_model` computes after its slots are cut to rank.
+
+    Each named slot of the dense model is first truncated to its rank by SVD (in place), so that the
+    returned LiteWhisper's factors are an exact factorisation of the dense weights it is compared against.
+    """
+    import torch
+
+    from configuration_lite_whisper import ATTENTION_SLOTS, LiteWhisperConfig
+    from modeling_lite_whisper import LiteWhisperForConditionalGeneration
+
+    config = LiteWhisperConfig(low_rank_config=low_rank_config, **dense_model.config.to_diff_dict())
+    lite = LiteWhisperForConditionalGeneration(config).to(dense_model.dtype).eval()
+    state = dense_model.state_dict()
+    with torch.no_grad():
+        for layer_index, ranks in enumerate(low_rank_config):
+            for slot, rank in ranks.items():
+                prefix = f"model.encoder.layers.{layer_index}." + ("self_attn." if slot in ATTENTION_SLOTS else "")
+                dense = dense_model.get_submodule(prefix + slot)
+                u, s, vh = torch.linalg.svd(dense.weight.double(), full_matrices=False)
+                truncated = (u[:, :rank] * s[:rank]) @ vh[:rank]  # [out, in]
+                dense.weight.copy_(truncated)
+                state.pop(prefix + slot + ".weight")
+                bias = state.pop(prefix + slot + ".bias", torch.zeros(dense.out_features))
+                state[prefix + slot + ".weight1"] = (vh[:rank].T * s[:rank]).to(dense.weight.dtype)  # [in, r]
+                state[prefix + slot + ".weight2"] = u[:, :rank].T.to(dense.weight.dtype)  # [r, out]
+                state[prefix + slot + ".bias"] = bias
+        lite.load_state_dict(state)
+    lite.generation_config = dense_model.generation_config
+    return lite

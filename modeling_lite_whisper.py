@@ -1,0 +1,223 @@
+"""LiteWhisper: Whisper with low-rank encoder linears (LiteASR, arXiv 2502.20583).
+
+Each configured encoder linear `y = x W^T + b` is replaced by `LowRankLinear`, `y = (x @ weight1) @ weight2 + bias`,
+with `weight1` [in, rank] and `weight2` [rank, out]. Everything else is stock transformers Whisper: the model
+classes below subclass transformers' Whisper classes, build the stock layout on the meta device (so the dense
+encoder projections that get replaced are never allocated), swap the low-rank modules into their slots and
+inherit every `forward` and `generate` unchanged. So SDPA/eager attention, fp16/bf16, `generate()` with
+language, task and timestamps, the ASR pipeline and `torch.compile` work as they do for Whisper.
+
+This file travels verbatim to every Hub repo we publish: it imports torch and transformers only.
+"""
+
+import json
+import os
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+
+import torch
+from torch import nn
+from transformers import WhisperForConditionalGeneration, WhisperModel
+from transformers.models.whisper.modeling_whisper import WhisperEncoder, WhisperPreTrainedModel
+
+try:  # transformers >= 5: initialisers that leave tensors loaded from a checkpoint alone
+    from transformers import initialization as init
+except ImportError:
+    from torch.nn import init
+
+try:  # loaded from a Hub repo through trust_remote_code
+    from .configuration_lite_whisper import ATTENTION_SLOTS, LiteWhisperConfig
+except ImportError:  # installed as a top-level module (`pip install lite-whisper`)
+    from configuration_lite_whisper import ATTENTION_SLOTS, LiteWhisperConfig
+
+
+# What a saved LiteWhisper folder needs for the Auto classes and the ASR pipeline to find our code.
+AUTO_MAP = {
+    "AutoConfig": "configuration_lite_whisper.LiteWhisperConfig",
+    "AutoModel": "modeling_lite_whisper.LiteWhisperModel",
+    "AutoModelForSpeechSeq2Seq": "modeling_lite_whisper.LiteWhisperForConditionalGeneration",
+}
+
+
+class LowRankLinear(nn.Module):
+    """A linear layer factored through rank r: y = (x @ weight1) @ weight2 + bias.
+
+    Parameter names and layouts are those of the published LiteWhisper checkpoints: weight1 [in, r],
+    weight2 [r, out], bias [out]. The bias is always present (the low-rank fit moves it even for k_proj).
+    """
+
+    def __init__(self, in_features: int, out_features: int, rank: int, device=None, dtype=None):
+        super().__init__()
+        self.in_features = in_features
+        self.out_features = out_features
+        self.rank = rank
+        self.weight1 = nn.Parameter(torch.empty(in_features, rank, device=device, dtype=dtype))
+        self.weight2 = nn.Parameter(torch.empty(rank, out_features, device=device, dtype=dtype))
+        self.bias = nn.Parameter(torch.empty(out_features, device=device, dtype=dtype))
+
+    @classmethod
+    def from_factors(cls, weight1: torch.Tensor, weight2: torch.Tensor, bias: torch.Tensor = None) -> "LowRankLinear":
+        """Wrap given factors: weight1 [in, r], weight2 [r, out], bias [out] (zeros when None)."""
+        if weight1.dim() != 2 or weight2.dim() != 2 or weight1.shape[1] != weight2.shape[0]:
+            raise ValueError(
+                f"factors do not chain: weight1 {tuple(weight1.shape)} must be [in, r] and "
+                f"weight2 {tuple(weight2.shape)} must be [r, out]"
+            )
+        if bias is not None and bias.shape != (weight2.shape[1],):
+            raise ValueError(f"bias {tuple(bias.shape)} does not match out_features={weight2.shape[1]}")
+        in_features, rank = weight1.shape
+        layer = cls(in_features, weight2.shape[1], rank, device=weight1.device, dtype=weight1.dtype)
+        with torch.no_grad():
+            layer.weight1.copy_(weight1)
+            layer.weight2.copy_(weight2)
+            layer.bias.copy_(bias if bias is not None else torch.zeros_like(layer.bias))
+        return layer
+
+    @classmethod
+    def from_linear(cls, linear: nn.Linear, basis: torch.Tensor, mean: torch.Tensor = None) -> "LowRankLinear":
+        """Project a dense layer's outputs onto an orthonormal basis V [out, r] of its output space.
+
+        y ≈ μ + (x Wᵀ + b − μ) V Vᵀ, i.e. weight1 = Wᵀ V, weight2 = Vᵀ, bias = μ + (b − μ) V Vᵀ, where μ is the
+        mean output the basis was centred on (zeros when None). With V the top principal directions of the
+        layer's outputs this is the LiteASR decomposition.
+        """
+        weight = linear.weight.detach()  # [out, in]
+        out_features = weight.shape[0]
+        if basis.dim() != 2 or basis.shape[0] != out_features:
+            raise ValueError(f"basis {tuple(basis.shape)} must be [out_features={out_features}, rank]")
+        basis = basis.to(weight.dtype)
+        bias = linear.bias.detach() if linear.bias is not None else torch.zeros_like(weight[:, 0])
+        mean = mean.to(weight.dtype) if mean is not None else torch.zeros_like(bias)
+        weight1 = weight.T @ basis  # [in, r]
+        new_bias = mean + ((bias - mean) @ basis) @ basis.T  # [out]
+        return cls.from_factors(weight1, basis.T, new_bias)
+
+    def dense_weight(self) -> torch.Tensor:
+        """The equivalent nn.Linear weight, [out, in]."""
+        return (self.weight1 @ self.weight2).T
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        # [..., in] -> [..., r] -> [..., out]; F.linear on the transposed views runs as two GEMMs, no copies.
+        low_rank = nn.functional.linear(hidden_states, self.weight1.T)
+        return nn.functional.linear(low_rank, self.weight2.T, self.bias)
+
+    def extra_repr(self) -> str:
+        return f"in_features={self.in_features}, out_features={self.out_features}, rank={self.rank}"
+
+
+def _build_stock_layout_on_meta(build, config) -> torch.device:
+    """Run a stock Whisper constructor on the meta device, where it allocates nothing.
+
+    Returns the device the caller asked for (a `with torch.device(...)` block, or meta inside
+    `from_pretrained`), where `_materialize` later gives storage to the modules we keep.
+    """
+    device = torch.tensor([]).device
+    with torch.device("meta"):
+        build(config)
+    return device
+
+
+def _materialize(module: nn.Module, device: torch.device) -> None:
+    """Give real storage on `device` to every tensor still on the meta device, then initialise the weights."""
+    if device.type != "meta":
+        for submodule in module.modules():
+            own_tensors = list(submodule.parameters(recurse=False)) + list(submodule.buffers(recurse=False))
+            if any(tensor.is_meta for tensor in own_tensors):
+                submodule.to_empty(device=device, recurse=False)
+    module.post_init()
+
+
+class LiteWhisperPreTrainedModel(WhisperPreTrainedModel):
+    config_class = LiteWhisperConfig
+
+    def _init_weights(self, module):
+        super()._init_weights(module)
+        if isinstance(module, LowRankLinear):
+            # Scaled so that weight1 @ weight2 has the spread of a dense layer initialised with init_std.
+            init.normal_(module.weight1, mean=0.0, std=self.config.init_std)
+            init.normal_(module.weight2, mean=0.0, std=module.rank**-0.5)
+            init.zeros_(module.bias)
+
+    def save_pretrained(self, save_directory, *args, dtype: torch.dtype = torch.float16, **kwargs):
+        """Save a self-contained Hub repo folder: weights (fp16 by default), config with `auto_map`, code files.
+
+        Everything is written to a temporary folder first and moved into `save_directory` only when complete,
+        so an interrupted save never leaves a half-written model behind. Files already in `save_directory`
+        that the save does not write (processor, tokenizer, README) are kept.
+        """
+        save_directory = Path(save_directory)
+        save_directory.parent.mkdir(parents=True, exist_ok=True)
+        self.config.auto_map = dict(AUTO_MAP)
+        state_dict = {
+            name: tensor.to(dtype) if tensor.is_floating_point() else tensor
+            for name, tensor in self.state_dict().items()
+        }
+        if self.config.tie_word_embeddings:  # proj_out shares the decoder's embedding; the published repos omit it
+            state_dict.pop("proj_out.weight", None)
+        staging = Path(tempfile.mkdtemp(prefix=f".{save_directory.name}.partial-", dir=save_directory.parent))
+        try:
+            super().save_pretrained(staging, *args, state_dict=state_dict, **kwargs)
+            _record_saved_dtype(staging / "config.json", dtype)
+            for source in _code_files():
+                shutil.copyfile(source, staging / source.name)
+            _move_into_place(staging, save_directory)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+
+
+def _code_files() -> list:
+    """The two files that define LiteWhisper, wherever they were imported from (site-packages or a Hub cache)."""
+    config_module = sys.modules[LiteWhisperConfig.__module__]
+    return [Path(config_module.__file__), Path(__file__)]
+
+
+def _record_saved_dtype(config_path: Path, dtype: torch.dtype) -> None:
+    """transformers writes the in-memory dtype; record the dtype the weights were actually saved in."""
+    config = json.loads(config_path.read_text())
+    key = "dtype" if "dtype" in config else "torch_dtype"
+    config[key] = str(dtype).removeprefix("torch.")
+    config_path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+
+
+def _move_into_place(staging: Path, target: Path) -> None:
+    """Rename a complete staging folder to `target`, or move its files into an existing `target` one by one."""
+    if not target.exists():
+        os.replace(staging, target)
+        return
+    for source in sorted(staging.iterdir()):
+        os.replace(source, target / source.name)
+
+
+class LiteWhisperEncoder(LiteWhisperPreTrainedModel, WhisperEncoder):
+    """Whisper's encoder with `LowRankLinear` in the slots that `config.low_rank_config` names."""
+
+    def __init__(self, config: LiteWhisperConfig):
+        device = _build_stock_layout_on_meta(super().__init__, config)
+        for layer_index, layer in enumerate(self.layers):
+            for slot, rank in config.layer_ranks(layer_index).items():
+                owner = layer.self_attn if slot in ATTENTION_SLOTS else layer
+                dense = getattr(owner, slot)  # on meta: never allocated
+                setattr(owner, slot, LowRankLinear(dense.in_features, dense.out_features, rank, device="meta"))
+        _materialize(self, device)
+
+
+class LiteWhisperModel(LiteWhisperPreTrainedModel, WhisperModel):
+    """The bare LiteWhisper encoder-decoder (no language-model head), like `WhisperModel`."""
+
+    def __init__(self, config: LiteWhisperConfig):
+        device = _build_stock_layout_on_meta(super().__init__, config)
+        with torch.device(device):
+            self.encoder = LiteWhisperEncoder(config)
+        _materialize(self, device)
+
+
+class LiteWhisperForConditionalGeneration(LiteWhisperPreTrainedModel, WhisperForConditionalGeneration):
+    """LiteWhisper with the language-model head, like `WhisperForConditionalGeneration`: use it for ASR."""
+
+    def __init__(self, config: LiteWhisperConfig):
+        device = _build_stock_layout_on_meta(super().__init__, config)
+        with torch.device(device):
+            self.model = LiteWhisperModel(config)
+        _materialize(self, device)

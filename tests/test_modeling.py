@@ -1,0 +1,254 @@
+"""LiteWhisper modeling: exact low-rank algebra, no dense allocation, every Whisper forward path."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+from conftest import REPO_ROOT, TINY_WHISPER, factorise_exactly
+from safetensors.torch import save_file
+from transformers import AutoModel, AutoModelForSpeechSeq2Seq, WhisperConfig, WhisperForConditionalGeneration
+
+from configuration_lite_whisper import LiteWhisperConfig
+from modeling_lite_whisper import LiteWhisperEncoder, LiteWhisperForConditionalGeneration, LowRankLinear
+
+RANKS = [{"q_proj": 16, "k_proj": 16, "v_proj": 24, "out_proj": 24, "fc1": 32, "fc2": 32}, {"k_proj": 8, "fc2": 48}]
+
+
+@pytest.fixture
+def dense_and_lite():
+    torch.manual_seed(0)
+    dense = WhisperForConditionalGeneration(WhisperConfig(**TINY_WHISPER)).eval()
+    return dense, factorise_exactly(dense, RANKS)
+
+
+def features(batch=2, config=TINY_WHISPER, seed=1, dtype=torch.float32):
+    generator = torch.Generator().manual_seed(seed)
+    frames = 2 * config["max_source_positions"]
+    return torch.randn(batch, config["num_mel_bins"], frames, generator=generator).to(dtype)
+
+
+def logits(model, input_features):
+    decoder_input_ids = torch.tensor([[3, 5, 7, 9]] * input_features.shape[0])
+    with torch.no_grad():
+        return model(input_features=input_features, decoder_input_ids=decoder_input_ids).logits
+
+
+def test_low_rank_linear_computes_its_factor_product():
+    torch.manual_seed(0)
+    weight1, weight2, bias = torch.randn(12, 3), torch.randn(3, 7), torch.randn(7)
+    layer = LowRankLinear.from_factors(weight1, weight2, bias)
+    x = torch.randn(2, 5, 12)
+    torch.testing.assert_close(layer(x), x @ weight1 @ weight2 + bias)
+    assert "in_features=12, out_features=7, rank=3" in repr(layer)
+    assert [name for name, _ in layer.named_parameters()] == ["weight1", "weight2", "bias"]
+
+
+def test_low_rank_linear_rejects_factors_that_do_not_chain():
+    with pytest.raises(ValueError, match="factors do not chain"):
+        LowRankLinear.from_factors(torch.randn(12, 3), torch.randn(4, 7))
+    with pytest.raises(ValueError, match="does not match out_features=7"):
+        LowRankLinear.from_factors(torch.randn(12, 3), torch.randn(3, 7), torch.randn(6))
+
+
+def test_projection_onto_a_full_basis_reproduces_the_dense_layer():
+    torch.manual_seed(0)
+    dense = torch.nn.Linear(10, 6)
+    basis, _ = torch.linalg.qr(torch.randn(6, 6))  # orthonormal, full rank
+    layer = LowRankLinear.from_linear(dense, basis, mean=torch.randn(6))
+    x = torch.randn(4, 10)
+    torch.testing.assert_close(layer(x), dense(x), atol=1e-5, rtol=1e-5)
+
+
+def test_exact_factorisation_reproduces_the_dense_model(dense_and_lite):
+    dense, lite = dense_and_lite
+    x = features()
+    torch.testing.assert_close(logits(lite, x), logits(dense, x), atol=1e-4, rtol=1e-4)
+    layer = lite.model.encoder.layers[1]
+    assert isinstance(layer.self_attn.k_proj, LowRankLinear) and isinstance(layer.fc2, LowRankLinear)
+    assert isinstance(layer.self_attn.q_proj, torch.nn.Linear) and isinstance(layer.fc1, torch.nn.Linear)
+
+
+@pytest.mark.parametrize("attn_implementation", ["eager", "sdpa"])
+def test_attention_implementations_agree(dense_and_lite, attn_implementation):
+    dense, lite = dense_and_lite
+    lite.set_attn_implementation(attn_implementation)
+    x = features()
+    torch.testing.assert_close(logits(lite, x), logits(dense, x), atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_half_precision_forward_tracks_float32(dense_and_lite, dtype):
+    _, lite = dense_and_lite
+    x = features()
+    reference = logits(lite, x)
+    half = logits(lite.to(dtype), x.to(dtype)).float()
+    assert torch.isfinite(half).all()
+    assert (half - reference).abs().max() < 0.05 * reference.abs().max()
+
+
+def test_generate_runs_in_batches(dense_and_lite):
+    dense, lite = dense_and_lite
+    for model in (dense, lite):
+        model.generation_config.forced_decoder_ids = None
+    x = features(batch=3)
+    kwargs = dict(max_new_tokens=5, do_sample=False)
+    assert torch.equal(lite.generate(x, **kwargs), dense.generate(x, **kwargs))
+
+
+def test_encoder_compiles_with_fullgraph(dense_and_lite):
+    _, lite = dense_and_lite
+    x = features()
+    with torch.no_grad():
+        eager = lite.model.encoder(x).last_hidden_state
+        compiled = torch.compile(lite.model.encoder, fullgraph=True)(x).last_hidden_state
+    torch.testing.assert_close(compiled, eager, atol=1e-4, rtol=1e-4)
+
+
+def test_save_writes_a_complete_fp16_repo_atomically(dense_and_lite, tmp_path):
+    _, lite = dense_and_lite
+    target = tmp_path / "repo"
+    lite.save_pretrained(target)
+    names = sorted(path.name for path in tmp_path.iterdir())
+    assert names == ["repo"], "no staging folder may be left behind"
+    files = {path.name for path in target.iterdir()}
+    assert {"config.json", "model.safetensors", "generation_config.json"} <= files
+    assert {"configuration_lite_whisper.py", "modeling_lite_whisper.py"} <= files
+    config = json.loads((target / "config.json").read_text())
+    assert config["model_type"] == "lite-whisper"
+    assert set(config["auto_map"]) == {"AutoConfig", "AutoModel", "AutoModelForSpeechSeq2Seq"}
+    assert config.get("dtype", config.get("torch_dtype")) == "float16"
+    from safetensors import safe_open
+
+    with safe_open(target / "model.safetensors", "pt") as weights:
+        assert "proj_out.weight" not in weights.keys()
+        assert weights.get_tensor("model.encoder.layers.0.fc1.weight1").dtype == torch.float16
+
+
+def test_save_into_an_existing_folder_keeps_other_files(dense_and_lite, tmp_path):
+    _, lite = dense_and_lite
+    (tmp_path / "preprocessor_config.json").write_text("{}")
+    lite.save_pretrained(tmp_path, dtype=torch.float32)
+    assert (tmp_path / "preprocessor_config.json").read_text() == "{}"
+    reloaded = LiteWhisperForConditionalGeneration.from_pretrained(tmp_path, dtype=torch.float32)
+    x = features()
+    torch.testing.assert_close(logits(reloaded, x), logits(lite, x))
+
+
+def test_reload_in_a_fresh_process_through_auto_classes(dense_and_lite, tmp_path):
+    _, lite = dense_and_lite
+    lite.save_pretrained(tmp_path / "repo", dtype=torch.float32)
+    x = features()
+    torch.save(x, tmp_path / "features.pt")
+    expected = logits(lite, x)
+    script = textwrap.dedent(
+        f"""
+        import torch
+        from transformers import AutoModel, AutoModelForSpeechSeq2Seq
+        x = torch.load({str(tmp_path / "features.pt")!r})
+        ids = torch.tensor([[3, 5, 7, 9]] * x.shape[0])
+        model = AutoModelForSpeechSeq2Seq.from_pretrained({str(tmp_path / "repo")!r}, trust_remote_code=True)
+        with torch.no_grad():
+            torch.save(model(input_features=x, decoder_input_ids=ids).logits, {str(tmp_path / "logits.pt")!r})
+        base = AutoModel.from_pretrained({str(tmp_path / "repo")!r}, trust_remote_code=True)
+        print(type(model).__name__, type(base).__name__)
+        """
+    )
+    # A fresh interpreter, started in an unrelated folder: transformers loads the code saved in the repo folder.
+    env = {key: value for key, value in os.environ.items() if key != "PYTHONPATH"}
+    result = subprocess.run(
+        [sys.executable, "-I", "-c", script], cwd=tmp_path, env=env, capture_output=True, text=True, check=True
+    )
+    assert result.stdout.split() == ["LiteWhisperForConditionalGeneration", "LiteWhisperModel"]
+    torch.testing.assert_close(torch.load(tmp_path / "logits.pt"), expected)
+
+
+def test_loading_without_trust_remote_code_fails_and_says_what_to_pass(dense_and_lite, tmp_path):
+    _, lite = dense_and_lite
+    lite.save_pretrained(tmp_path)
+    for auto_class in (AutoModelForSpeechSeq2Seq, AutoModel):
+        with pytest.raises(ValueError, match="trust_remote_code=True"):
+            auto_class.from_pretrained(tmp_path)
+
+
+def test_an_official_format_folder_loads_and_matches_its_dense_equivalent(tmp_path):
+    """The efficient-speech/lite-whisper-* layout: 'lite-whisper' type, AutoConfig/AutoModel only, fp32,
+    some slots absent, k_proj low rank with a bias, no proj_out.weight, no processor files."""
+    torch.manual_seed(0)
+    dense = WhisperForConditionalGeneration(WhisperConfig(**TINY_WHISPER)).eval()
+    ranks = [{"k_proj": 8, "fc1": 16}, {"q_proj": 12, "v_proj": 12, "out_proj": 12, "fc2": 20}]
+    state = {name: tensor.clone() for name, tensor in dense.state_dict().items() if name != "proj_out.weight"}
+    with torch.no_grad():
+        for layer_index, layer_ranks in enumerate(ranks):
+            for slot, rank in layer_ranks.items():
+                prefix = f"model.encoder.layers.{layer_index}." + ("self_attn." if "proj" in slot else "")
+                dense_layer = dense.get_submodule(prefix + slot)
+                weight1 = torch.randn(dense_layer.in_features, rank) / dense_layer.in_features**0.5
+                weight2 = torch.randn(rank, dense_layer.out_features) / rank**0.5
+                bias = torch.randn(dense_layer.out_features) * 0.1
+                dense_layer.weight.copy_((weight1 @ weight2).T)  # the dense equivalent of the factors
+                if dense_layer.bias is None:  # k_proj: Whisper has no bias, the published factors do
+                    dense_layer.bias = torch.nn.Parameter(bias.clone())
+                else:
+                    dense_layer.bias.copy_(bias)
+                state.pop(prefix + slot + ".weight")
+                state.pop(prefix + slot + ".bias", None)
+                state.update({prefix + slot + ".weight1": weight1, prefix + slot + ".weight2": weight2})
+                state[prefix + slot + ".bias"] = bias
+    config = {**WhisperConfig(**TINY_WHISPER).to_dict(), "model_type": "lite-whisper", "low_rank_config": ranks}
+    config["architectures"] = ["LiteWhisperForConditionalGeneration"]
+    config["auto_map"] = {
+        "AutoConfig": "configuration_lite_whisper.LiteWhisperConfig",
+        "AutoModel": "modeling_lite_whisper.LiteWhisperForConditionalGeneration",
+    }
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    save_file({name: tensor.contiguous() for name, tensor in state.items()}, tmp_path / "model.safetensors")
+    for name in ("configuration_lite_whisper.py", "modeling_lite_whisper.py"):
+        shutil.copyfile(REPO_ROOT / name, tmp_path / name)
+
+    x = features()
+    expected = logits(dense, x)
+    ours = LiteWhisperForConditionalGeneration.from_pretrained(tmp_path).eval()
+    torch.testing.assert_close(logits(ours, x), expected, atol=1e-4, rtol=1e-4)
+    remote = AutoModel.from_pretrained(tmp_path, trust_remote_code=True).eval()
+    torch.testing.assert_close(logits(remote, x), expected, atol=1e-4, rtol=1e-4)
+
+
+LARGE_V3 = dict(d_model=1280, encoder_layers=32, encoder_attention_heads=20, encoder_ffn_dim=5120, num_mel_bins=128)
+
+
+def test_large_v3_on_the_meta_device_has_no_dense_encoder_projections():
+    ranks = [{slot: 64 for slot in ("q_proj", "k_proj", "v_proj", "out_proj")} | {"fc1": 128, "fc2": 128}] * 32
+    config = LiteWhisperConfig(low_rank_config=ranks, **LARGE_V3, decoder_layers=32, decoder_attention_heads=20,
+                               decoder_ffn_dim=5120, vocab_size=51866)
+    with torch.device("meta"):
+        model = LiteWhisperForConditionalGeneration(config)
+    encoder_names = [name for name, _ in model.model.encoder.named_parameters()]
+    assert not [name for name in encoder_names if name.endswith(("proj.weight", "fc1.weight", "fc2.weight"))]
+    assert sum(name.endswith("weight1") for name in encoder_names) == 32 * 6
+
+
+def test_building_a_large_v3_encoder_allocates_only_what_it_keeps():
+    """Peak memory of building a large-v3-sized LiteWhisper encoder stays far below its dense size (2.5 GB)."""
+    script = textwrap.dedent(
+        f"""
+        import resource, torch
+        from configuration_lite_whisper import LiteWhisperConfig
+        from modeling_lite_whisper import LiteWhisperEncoder
+        ranks = [dict(q_proj=64, k_proj=64, v_proj=64, out_proj=64, fc1=128, fc2=128)] * 32
+        config = LiteWhisperConfig(low_rank_config=ranks, **{LARGE_V3!r})
+        before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        encoder = LiteWhisperEncoder(config)
+        after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        print(sum(p.numel() for p in encoder.parameters()), (after - before) * 1024)
+        """
+    )
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
+    parameters, grown_bytes = map(int, result.stdout.split())
+    dense_projection_bytes = 32 * (4 * 1280 * 1280 + 2 * 1280 * 5120) * 4
+    assert parameters < 100_000_000
+    assert grown_bytes < parameters * 4 + 200_000_000 < dense_projection_bytes / 2
