@@ -41,11 +41,24 @@ AUTO_MAP = {
 }
 
 
+# Two thin GEMMs run at lower efficiency than one fat one, so near break-even a factored layer is slower than
+# its dense product. For inference, a layer whose factored FLOPs exceed this fraction of the dense FLOPs is
+# multiplied back into one dense weight (in memory only). Thresholds per device type were measured with
+# benchmarks/layout_threshold.py; other devices use the CPU value.
+MERGE_ABOVE_FLOP_RATIO = {"cpu": 0.8, "cuda": 0.6}
+
+
 class LowRankLinear(nn.Module):
     """A linear layer factored through rank r: y = (x @ weight1) @ weight2 + bias.
 
     Parameter names and layouts are those of the published LiteWhisper checkpoints: weight1 [in, r],
     weight2 [r, out], bias [out]. The bias is always present (the low-rank fit moves it even for k_proj).
+
+    Inference layout: in eval mode, where one dense GEMM is faster than two thin ones on the module's device
+    (see MERGE_ABOVE_FLOP_RATIO), the forward uses `merged_weight`, the product of the factors. It is rebuilt
+    on `eval()`, on a change of device or dtype and on `load_state_dict`, dropped on `train()`, never saved
+    (the state dict holds only the factors), and never used where gradients flow to the factors. After editing
+    the factors in place in eval mode, call `eval()` again.
     """
 
     def __init__(self, in_features: int, out_features: int, rank: int, device=None, dtype=None):
@@ -56,6 +69,7 @@ class LowRankLinear(nn.Module):
         self.weight1 = nn.Parameter(torch.empty(in_features, rank, device=device, dtype=dtype))
         self.weight2 = nn.Parameter(torch.empty(rank, out_features, device=device, dtype=dtype))
         self.bias = nn.Parameter(torch.empty(out_features, device=device, dtype=dtype))
+        self.register_buffer("merged_weight", None, persistent=False)  # [out, in] in the dense inference layout
 
     @classmethod
     def from_factors(cls, weight1: torch.Tensor, weight2: torch.Tensor, bias: torch.Tensor = None) -> "LowRankLinear":
@@ -98,7 +112,36 @@ class LowRankLinear(nn.Module):
         """The equivalent nn.Linear weight, [out, in]."""
         return (self.weight1 @ self.weight2).T
 
+    def factored_flop_ratio(self) -> float:
+        """FLOPs of the factored form relative to the dense layer: r(in + out) / (in · out)."""
+        return self.rank * (self.in_features + self.out_features) / (self.in_features * self.out_features)
+
+    def refresh_inference_layout(self) -> None:
+        """Merge the factors for inference where dense is faster on this device; unmerge in training."""
+        threshold = MERGE_ABOVE_FLOP_RATIO.get(self.weight1.device.type, MERGE_ABOVE_FLOP_RATIO["cpu"])
+        if self.training or self.weight1.is_meta or self.factored_flop_ratio() <= threshold:
+            self.merged_weight = None
+        else:
+            with torch.no_grad():
+                self.merged_weight = self.dense_weight().contiguous()
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        self.refresh_inference_layout()
+        return self
+
+    def _apply(self, fn, *args, **kwargs):
+        super()._apply(fn, *args, **kwargs)  # .to(), .half(), .cuda(): the factors changed device or dtype
+        self.refresh_inference_layout()
+        return self
+
+    def _load_from_state_dict(self, *args, **kwargs):
+        super()._load_from_state_dict(*args, **kwargs)
+        self.refresh_inference_layout()
+
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        if self.merged_weight is not None and not (torch.is_grad_enabled() and self.weight1.requires_grad):
+            return nn.functional.linear(hidden_states, self.merged_weight, self.bias)
         # [..., in] -> [..., r] -> [..., out]; F.linear on the transposed views runs as two GEMMs, no copies.
         low_rank = nn.functional.linear(hidden_states, self.weight1.T)
         return nn.functional.linear(low_rank, self.weight2.T, self.bias)

@@ -252,3 +252,41 @@ def test_building_a_large_v3_encoder_allocates_only_what_it_keeps():
     dense_projection_bytes = 32 * (4 * 1280 * 1280 + 2 * 1280 * 5120) * 4
     assert parameters < 100_000_000
     assert grown_bytes < parameters * 4 + 200_000_000 < dense_projection_bytes / 2
+
+
+def test_inference_layout_merges_only_where_dense_is_cheaper_and_never_changes_results():
+    torch.manual_seed(0)
+    near_break_even = LowRankLinear.from_factors(torch.randn(64, 28), torch.randn(28, 64), torch.randn(64))
+    thin = LowRankLinear.from_factors(torch.randn(64, 8), torch.randn(8, 64), torch.randn(64))
+    x = torch.randn(3, 64)
+    factored = near_break_even(x)
+    near_break_even.eval(), thin.eval()
+    assert near_break_even.merged_weight is not None and thin.merged_weight is None
+    with torch.no_grad():
+        torch.testing.assert_close(near_break_even(x), factored, atol=1e-4, rtol=1e-4)
+    assert "merged_weight" not in near_break_even.state_dict()
+    near_break_even.train()
+    assert near_break_even.merged_weight is None
+
+
+def test_gradients_reach_the_factors_even_in_eval_mode():
+    torch.manual_seed(0)
+    layer = LowRankLinear.from_factors(torch.randn(64, 28), torch.randn(28, 64), torch.randn(64)).eval()
+    layer(torch.randn(3, 64)).sum().backward()
+    assert layer.weight1.grad is not None and layer.weight2.grad is not None
+
+
+def test_loaded_models_use_the_merged_layout_and_reloading_weights_refreshes_it(dense_and_lite, tmp_path):
+    _, lite = dense_and_lite
+    lite.save_pretrained(tmp_path, dtype=torch.float32)
+    reloaded = LiteWhisperForConditionalGeneration.from_pretrained(tmp_path, dtype=torch.float32)
+    v_proj = reloaded.model.encoder.layers[0].self_attn.v_proj  # rank 24 of 64: 0.75 of dense FLOPs on CPU
+    fc2 = reloaded.model.encoder.layers[1].fc2  # rank 48 of 64/128: dense is cheaper
+    assert v_proj.merged_weight is None and fc2.merged_weight is not None
+    x = features()
+    torch.testing.assert_close(logits(reloaded, x), logits(lite, x), atol=1e-4, rtol=1e-4)
+    state = reloaded.state_dict()
+    state["model.encoder.layers.1.fc2.weight1"] = 2 * state["model.encoder.layers.1.fc2.weight1"]
+    reloaded.load_state_dict(state)
+    torch.testing.assert_close(fc2.merged_weight, fc2.dense_weight())
+    assert torch.allclose(fc2.merged_weight, 2 * (lite.model.encoder.layers[1].fc2.dense_weight()))
