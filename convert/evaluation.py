@@ -1,0 +1,461 @@
+"""Evaluate a Whisper or LiteWhisper model: WER, speed (RTFx), encoder size and cost.
+
+    model, processor = load_model("whisper-tiny.en")                       # any folder or Hub id
+    texts = transcribe(model, processor, iter_utterances("clips/"), batch_size=8)
+    wer = word_error_rate(references, texts)                               # percent, English normaliser
+    results = evaluate("lite-whisper-tiny.en-acc", ["clips/", "hf://openslr/librispeech_asr:clean/test"])
+
+Conventions (those of the Open ASR leaderboard):
+- Greedy decoding (`num_beams=1, do_sample=False`) is the primary metric. English-only (`.en`) models get no
+  language or task; multilingual ones are told `language` and `task="transcribe"`.
+- WER is in percent, computed with jiwer at corpus level over each set (total edits / total reference words)
+  after Whisper's English text normaliser on both sides, and `mean_wer` is the unweighted mean over sets.
+  The normaliser is transformers' `EnglishTextNormalizer` with Whisper's British->American spelling map
+  (`data/english_spelling.json`, OpenAI's `english.json`); the results name it in `normalizer`.
+- Utterances whose reference is missing or empty after normalisation cannot be scored: they are skipped
+  before transcription and counted (`skipped_empty_references`).
+- RTFx is audio seconds / wall seconds, where the wall time covers feature extraction, `generate` and
+  decoding of each batch (reading and resampling the audio files is not counted).
+- Encoder parameters exclude the sinusoidal position table; GFLOPs are per 30 s window (see `measures`).
+
+`evaluate` returns (and `lite-whisper eval --json` writes) the schema that benchmarks and model cards read:
+`{"model", "encoder_params", "decoder_params", "encoder_gflops", "mean_wer", "datasets": {NAME: {"wer",
+"num_utterances", "audio_seconds", "rtfx", ...}}, "machine": {...}, ...}`.
+"""
+
+import datetime
+import functools
+import json
+import platform
+import time
+from pathlib import Path
+from typing import Callable, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
+
+import numpy as np
+import torch
+
+from .audio import SAMPLING_RATE, Utterance, folder_entries, iter_utterances, source_name
+from .measures import encoder_flops, encoder_parameters
+
+SPELLING_MAP = Path(__file__).resolve().parent / "data" / "english_spelling.json"
+NORMALIZER_NAME = "whisper-english (transformers EnglishTextNormalizer + Whisper english.json spelling map)"
+GREEDY = {"num_beams": 1, "do_sample": False}
+WINDOW_SECONDS = 30.0
+
+# The English test sets of the Open ASR leaderboard (hf-audio/esb-datasets-test-only-sorted), for users online.
+OPEN_ASR_LEADERBOARD = "open-asr-leaderboard"
+OPEN_ASR_LEADERBOARD_SETS = tuple(
+    f"hf://hf-audio/esb-datasets-test-only-sorted:{config}/{split}"
+    for config, split in (
+        ("ami", "test"),
+        ("earnings22", "test"),
+        ("gigaspeech", "test"),
+        ("librispeech", "test.clean"),
+        ("librispeech", "test.other"),
+        ("spgispeech", "test"),
+        ("tedlium", "test"),
+        ("voxpopuli", "test"),
+    )
+)
+
+
+class EvaluationError(ValueError):
+    """An evaluation cannot produce a meaningful number (no scorable references, mismatched lists)."""
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Text normalisation and WER
+
+
+@functools.lru_cache(maxsize=1)
+def english_normalizer() -> Callable[[str], str]:
+    """Whisper's English text normaliser (the one the Open ASR leaderboard uses), with the spelling map."""
+    from transformers.models.whisper.english_normalizer import EnglishTextNormalizer
+
+    if not SPELLING_MAP.is_file():
+        raise FileNotFoundError(
+            f"Whisper's English spelling map is missing: {SPELLING_MAP} (it ships with lite_whisper_convert)"
+        )
+    return EnglishTextNormalizer(json.loads(SPELLING_MAP.read_text(encoding="utf-8")))
+
+
+def normalize(text: Optional[str]) -> str:
+    """`text` after Whisper's English normaliser ('' for None)."""
+    return english_normalizer()(text or "").strip()
+
+
+def word_error_rate(references: Sequence[str], hypotheses: Sequence[str]) -> float:
+    """Corpus-level WER in percent after Whisper's English normaliser on both sides.
+
+    Total substitutions + deletions + insertions over total reference words, computed with jiwer. Every
+    reference must be non-empty after normalisation (filter those first: they cannot be scored).
+    """
+    import jiwer
+
+    if len(references) != len(hypotheses):
+        raise EvaluationError(f"{len(references)} references but {len(hypotheses)} hypotheses")
+    if not references:
+        raise EvaluationError("no references to score")
+    normalized_references = [normalize(text) for text in references]
+    empty = [index for index, text in enumerate(normalized_references) if not text]
+    if empty:
+        raise EvaluationError(
+            f"{len(empty)} reference(s) are empty after normalisation (first at index {empty[0]}): "
+            "they cannot be scored; drop them before computing WER"
+        )
+    normalized_hypotheses = [normalize(text) for text in hypotheses]
+    return 100.0 * jiwer.wer(normalized_references, normalized_hypotheses)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Models
+
+
+def default_device() -> str:
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def default_dtype(device) -> torch.dtype:
+    """float32 on CPU (fp16 matmuls are slow or missing there), float16 on GPUs."""
+    return torch.float32 if torch.device(device).type == "cpu" else torch.float16
+
+
+def load_model(model_id_or_path, device: Optional[str] = None, dtype: Optional[torch.dtype] = None):
+    """(model, processor) for any Whisper or LiteWhisper folder or Hub id, in eval mode on `device`.
+
+    Loaded through the Auto classes with `trust_remote_code=True`, so stock Whisper and LiteWhisper (whose code
+    travels in the repo) load the same way. The weights are cast to `dtype` (default: float32 on CPU, float16
+    on GPU), whatever dtype they were saved in.
+    """
+    from transformers import AutoModelForSpeechSeq2Seq, AutoProcessor
+
+    device = device or default_device()
+    dtype = dtype or default_dtype(device)
+    model = AutoModelForSpeechSeq2Seq.from_pretrained(str(model_id_or_path), dtype=dtype, trust_remote_code=True)
+    model = model.to(device).eval()
+    processor = AutoProcessor.from_pretrained(str(model_id_or_path), trust_remote_code=True)
+    return model, processor
+
+
+def is_multilingual(model) -> bool:
+    """False for English-only (`.en`) checkpoints, which must not be given a language or task."""
+    generation_config = model.generation_config
+    flag = getattr(generation_config, "is_multilingual", None)
+    if flag is not None:
+        return bool(flag)
+    return bool(getattr(generation_config, "lang_to_id", None))
+
+
+def generation_kwargs(model, language: Optional[str] = "en", generate_kwargs: Optional[dict] = None) -> dict:
+    """Greedy decoding plus language/task for multilingual models (none for `.en` ones); caller's keys win."""
+    kwargs = dict(GREEDY)
+    if is_multilingual(model):
+        kwargs["task"] = "transcribe"
+        if language:
+            kwargs["language"] = language
+    kwargs.update(generate_kwargs or {})
+    return kwargs
+
+
+def model_sizes(model) -> dict:
+    """Encoder parameters (no sinusoidal table) and GFLOPs per 30 s window from the config; decoder parameters."""
+    decoder = model.get_decoder() if hasattr(model, "get_decoder") else model.model.decoder
+    return {
+        "encoder_params": int(encoder_parameters(model.config)),
+        "decoder_params": int(sum(parameter.numel() for parameter in decoder.parameters())),
+        "encoder_gflops": encoder_flops(model.config) / 1e9,
+    }
+
+
+def model_type(model) -> str:
+    """The serialised model type: 'lite-whisper' for LiteWhisper, 'whisper' for stock (the runtime value lies)."""
+    return type(model.config).model_type
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Transcription
+
+
+def _batches(utterances: Iterable[Utterance], batch_size: int) -> Iterator[List[Utterance]]:
+    if batch_size < 1:
+        raise ValueError(f"batch size must be at least 1, got {batch_size}")
+    batch = []
+    for utterance in utterances:
+        batch.append(utterance)
+        if len(batch) == batch_size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
+def _features(processor, audios: List[np.ndarray], device, dtype) -> Tuple[dict, bool]:
+    """Log-mel inputs for one batch, and whether it needs long-form (sequential 30 s window) decoding."""
+    feature_extractor = getattr(processor, "feature_extractor", processor)
+    window = feature_extractor.n_samples
+    long_form = any(len(audio) > window for audio in audios)
+    if long_form:
+        inputs = feature_extractor(
+            audios, sampling_rate=SAMPLING_RATE, return_tensors="pt", truncation=False, padding="longest",
+            return_attention_mask=True,
+        )
+    else:
+        inputs = feature_extractor(audios, sampling_rate=SAMPLING_RATE, return_tensors="pt")
+    inputs = {
+        key: value.to(device=device, dtype=dtype if value.is_floating_point() else value.dtype)
+        for key, value in inputs.items()
+        if key in ("input_features", "attention_mask")
+    }
+    return inputs, long_form
+
+
+def transcribe_batches(
+    model,
+    processor,
+    utterances: Iterable[Utterance],
+    batch_size: int = 8,
+    language: Optional[str] = "en",
+    generate_kwargs: Optional[dict] = None,
+) -> Iterator[Tuple[List[Utterance], List[str], float]]:
+    """Yield (batch, hypotheses, wall seconds) per batch; the time covers features, generate and decoding."""
+    kwargs = generation_kwargs(model, language, generate_kwargs)
+    device, dtype = model.device, model.dtype
+    for batch in _batches(utterances, batch_size):
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        start = time.perf_counter()
+        inputs, long_form = _features(processor, [utterance.audio for utterance in batch], device, dtype)
+        batch_kwargs = dict(kwargs)
+        if long_form:  # audio over 30 s: Whisper's sequential long-form decoding over 30 s windows
+            batch_kwargs.setdefault("return_timestamps", True)
+            batch_kwargs.setdefault("condition_on_prev_tokens", False)
+        with torch.inference_mode():
+            token_ids = model.generate(**inputs, **batch_kwargs)
+        if not isinstance(token_ids, torch.Tensor):  # generate(return_dict_in_generate=True)
+            token_ids = token_ids["sequences"]
+        texts = [text.strip() for text in processor.batch_decode(token_ids, skip_special_tokens=True)]
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        yield batch, texts, time.perf_counter() - start
+
+
+def transcribe(
+    model,
+    processor,
+    utterances: Iterable[Utterance],
+    batch_size: int = 8,
+    language: Optional[str] = "en",
+    generate_kwargs: Optional[dict] = None,
+) -> List[str]:
+    """Transcribe `utterances` (16 kHz `Utterance`s) in batches with greedy decoding; one text per utterance.
+
+    English-only models get no language/task; multilingual ones get `language` (None: detect) and
+    task "transcribe". `generate_kwargs` are passed to `model.generate` and override the defaults.
+    Audio longer than 30 s is decoded with Whisper's long-form (sequential) algorithm.
+    """
+    texts = []
+    for _, batch_texts, _ in transcribe_batches(model, processor, utterances, batch_size, language, generate_kwargs):
+        texts.extend(batch_texts)
+    return texts
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Evaluation
+
+
+def machine_info() -> dict:
+    """The machine a result was measured on: CPU model, torch threads, versions, GPU, date (UTC)."""
+    import transformers
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    info = {
+        "cpu": cpu,
+        "threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+        "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+    }
+    return info
+
+
+def expand_sources(data_sources: Sequence[str]) -> List[str]:
+    """Data sources with the `open-asr-leaderboard` alias expanded to the leaderboard's English test sets."""
+    expanded = []
+    for source in data_sources:
+        if str(source) == OPEN_ASR_LEADERBOARD:
+            expanded.extend(OPEN_ASR_LEADERBOARD_SETS)
+        else:
+            expanded.append(str(source))
+    if not expanded:
+        raise EvaluationError("no data to evaluate on: give at least one --data folder or hf:// dataset")
+    return expanded
+
+
+def _expected_count(source: str, limit: Optional[int]) -> Optional[int]:
+    """How many utterances a source will yield, when that is known without reading it (for the progress bar)."""
+    if str(source).startswith("hf://"):
+        return limit
+    count = len(folder_entries(Path(source)))
+    return count if limit is None else min(count, limit)
+
+
+def _unique_name(name: str, taken: Dict) -> str:
+    candidate, suffix = name, 2
+    while candidate in taken:
+        candidate, suffix = f"{name}-{suffix}", suffix + 1
+    return candidate
+
+
+def evaluate_dataset(
+    model,
+    processor,
+    source: str,
+    limit: Optional[int] = None,
+    batch_size: int = 8,
+    language: Optional[str] = "en",
+    generate_kwargs: Optional[dict] = None,
+    progress: bool = True,
+) -> dict:
+    """WER, RTFx and counts for one data source; `transcripts` lists (name, reference, hypothesis)."""
+    from tqdm.auto import tqdm
+
+    skipped = []
+
+    def scorable(utterances):
+        for utterance in utterances:
+            if normalize(utterance.text):
+                yield utterance
+            else:
+                skipped.append(utterance.name)
+
+    bar = tqdm(
+        total=_expected_count(source, limit), desc=source_name(source), unit="utt", disable=not progress,
+        dynamic_ncols=True,
+    )
+    references, hypotheses, names = [], [], []
+    audio_seconds = wall_seconds = 0.0
+    try:
+        stream = scorable(iter_utterances(source, limit=limit))
+        for batch, texts, seconds in transcribe_batches(model, processor, stream, batch_size, language, generate_kwargs):
+            references += [utterance.text for utterance in batch]
+            names += [utterance.name for utterance in batch]
+            hypotheses += texts
+            audio_seconds += sum(utterance.seconds for utterance in batch)
+            wall_seconds += seconds
+            bar.update(len(references) + len(skipped) - bar.n)
+            bar.set_postfix(rtfx=f"{audio_seconds / max(wall_seconds, 1e-9):.1f}")
+    finally:
+        bar.close()
+    if not references:
+        raise EvaluationError(
+            f"{source}: no utterance has a reference text to score against "
+            f"({len(skipped)} skipped with a missing or empty reference)"
+        )
+    return {
+        "wer": word_error_rate(references, hypotheses),
+        "num_utterances": len(references),
+        "audio_seconds": audio_seconds,
+        "wall_seconds": wall_seconds,
+        "rtfx": audio_seconds / wall_seconds if wall_seconds > 0 else float("inf"),
+        "skipped_empty_references": len(skipped),
+        "source": str(source),
+        "transcripts": [
+            {"name": name, "reference": reference, "hypothesis": hypothesis}
+            for name, reference, hypothesis in zip(names, references, hypotheses)
+        ],
+    }
+
+
+def evaluate(
+    model_id_or_path,
+    data_sources: Sequence[str],
+    limit: Optional[int] = None,
+    batch_size: int = 8,
+    language: Optional[str] = "en",
+    device: Optional[str] = None,
+    dtype: Optional[torch.dtype] = None,
+    generate_kwargs: Optional[dict] = None,
+    progress: bool = True,
+    keep_transcripts: bool = False,
+    model=None,
+    processor=None,
+) -> dict:
+    """Evaluate one model on each data source; returns the results schema (see the module docstring).
+
+    `model_id_or_path`: a Whisper or LiteWhisper folder or Hub id (pass `model` and `processor` too to reuse
+    ones already loaded; the id is then only recorded). `data_sources`: local audiofolders, `hf://` datasets
+    or `open-asr-leaderboard`. `limit`: at most this many utterances read per source. With
+    `keep_transcripts`, each set's entry keeps its (name, reference, hypothesis) list.
+    """
+    sources = expand_sources(data_sources)
+    if model is None or processor is None:
+        model, processor = load_model(model_id_or_path, device=device, dtype=dtype)
+    datasets = {}
+    for source in sources:
+        result = evaluate_dataset(model, processor, source, limit, batch_size, language, generate_kwargs, progress)
+        if not keep_transcripts:
+            result.pop("transcripts")
+        datasets[_unique_name(source_name(source), datasets)] = result
+    results = {
+        "model": str(model_id_or_path),
+        "model_type": model_type(model),
+        **model_sizes(model),
+        "mean_wer": float(np.mean([result["wer"] for result in datasets.values()])),
+        "datasets": datasets,
+        "normalizer": NORMALIZER_NAME,
+        "decoding": {
+            key: value for key, value in generation_kwargs(model, language, generate_kwargs).items()
+            if isinstance(value, (str, int, float, bool))
+        },
+        "batch_size": batch_size,
+        "limit": limit,
+        "device": str(model.device),
+        "dtype": str(model.dtype).removeprefix("torch."),
+        "machine": machine_info(),
+    }
+    return results
+
+
+def write_results(results: dict, path) -> Path:
+    """Write results as indented JSON (creating the folder); returns the path."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
+    return path
+
+
+def read_results(path) -> dict:
+    """Read a results JSON file, checking it has the fields cards and benchmarks rely on."""
+    path = Path(path)
+    results = json.loads(path.read_text(encoding="utf-8"))
+    missing = [key for key in ("model", "encoder_params", "mean_wer", "datasets") if key not in results]
+    if missing:
+        raise EvaluationError(f"{path}: not a lite-whisper eval results file (missing {', '.join(missing)})")
+    return results
+
+
+def format_results(results: dict) -> str:
+    """A short human-readable summary, one line per set plus the mean."""
+    lines = [
+        f"{results['model']}: encoder {results['encoder_params'] / 1e6:.2f}M params, "
+        f"{results['encoder_gflops']:.1f} GFLOPs / 30 s; decoder {results['decoder_params'] / 1e6:.2f}M params",
+    ]
+    for name, result in results["datasets"].items():
+        skipped = result.get("skipped_empty_references", 0)
+        lines.append(
+            f"  {name}: WER {result['wer']:.2f}% over {result['num_utterances']} utterances "
+            f"({result['audio_seconds'] / 60:.1f} min), RTFx {result['rtfx']:.1f}"
+            + (f", {skipped} skipped (empty reference)" if skipped else "")
+        )
+    lines.append(f"  mean WER over {len(results['datasets'])} set(s): {results['mean_wer']:.2f}%  [{results['normalizer']}]")
+    return "\n".join(lines)
