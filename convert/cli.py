@@ -60,6 +60,70 @@ def _run_eval(args) -> int:
 _COMMANDS.append(_add_eval)
 
 
+def _add_card(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "card",
+        help="render a LiteWhisper folder's model card (README.md) and Pareto plot from eval results",
+        description="Render DIR/README.md from model_cards/template.md: Hub metadata with a model-index of WER per "
+        "data set, a usage snippet, the recipe, a table against the stock model and DIR/pareto.png (WER vs encoder "
+        "size for the stock model and every preset in the results).",
+    )
+    parser.add_argument("model_dir", metavar="DIR", help="LiteWhisper repo folder")
+    parser.add_argument("--results", nargs="+", required=True, metavar="FILE",
+                        help="`lite-whisper eval --json` files and/or benchmark reports covering this model, the "
+                        "stock model and any other presets")
+    parser.add_argument("--base-model", help="the stock model's Hub id, e.g. openai/whisper-tiny.en "
+                        "(default: from the folder's recipe)")
+    parser.add_argument("--repo-id", help="Hub id for the usage snippet (default: ORG/<folder name>)")
+    parser.add_argument("--license", default="apache-2.0")
+    parser.add_argument("--datasets", nargs="+", metavar="HUB_ID", help="calibration data sets for the metadata")
+    parser.add_argument("--recipe", metavar="FILE", help="JSON describing how the model was made (default: "
+                        "lite_whisper_recipe.json in DIR when present)")
+    parser.add_argument("--template", help="card template (default: model_cards/template.md)")
+    parser.set_defaults(func=_run_card)
+
+
+def _run_card(args) -> int:
+    import json
+    from pathlib import Path
+
+    from .cards import render_card
+
+    recipe = json.loads(Path(args.recipe).read_text(encoding="utf-8")) if args.recipe else None
+    render_card(args.model_dir, args.results, base_model=args.base_model, repo_id=args.repo_id, license=args.license,
+                datasets=args.datasets, recipe=recipe, template=args.template)
+    print(f"wrote {Path(args.model_dir) / 'README.md'} and {Path(args.model_dir) / 'pareto.png'}")
+    return 0
+
+
+def _add_push(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "push",
+        help="validate a LiteWhisper folder and upload it to the Hugging Face Hub in one commit",
+        description="Check the folder is complete (card, code, config, weights, processor, generation config) and "
+        "loads with trust_remote_code in a fresh process, then create_repo + upload_folder.",
+    )
+    parser.add_argument("model_dir", metavar="DIR", help="LiteWhisper repo folder")
+    parser.add_argument("--repo-id", required=True, metavar="ORG/NAME")
+    parser.add_argument("--private", action="store_true", help="create the repo private")
+    parser.add_argument("--revision", metavar="BRANCH", help="push to this branch (created when absent)")
+    parser.add_argument("--message", help="commit message")
+    parser.add_argument("--dry-run", action="store_true",
+                        help="validate and list every file that would be uploaded; no network, no token")
+    parser.set_defaults(func=_run_push)
+
+
+def _run_push(args) -> int:
+    from .hub import push_folder
+
+    push_folder(args.model_dir, args.repo_id, private=args.private, revision=args.revision, dry_run=args.dry_run,
+                commit_message=args.message)
+    return 0
+
+
+_COMMANDS += [_add_card, _add_push]
+
+
 def main(argv=None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)

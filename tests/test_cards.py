@@ -1,0 +1,160 @@
+"""Model cards: Hub metadata that parses with eval results, the comparison table, the Pareto plot, a usage
+snippet that runs."""
+
+import json
+import os
+import re
+import subprocess
+import sys
+
+import pytest
+import torch
+from huggingface_hub import ModelCard
+
+from conftest import factorise_exactly, speech_set
+from lite_whisper_convert.cards import CardError, load_results, pareto_front, render_card
+from lite_whisper_convert.evaluation import evaluate, write_results
+from test_evaluation import TINY_RANKS, tiny_dense_model, tiny_processor
+
+FAST_RANKS = [{"q_proj": 8, "k_proj": 8, "v_proj": 8, "out_proj": 8, "fc1": 16, "fc2": 16}] * 2
+
+
+def save_lite(dense, ranks, folder):
+    lite = factorise_exactly(dense, ranks)
+    lite.save_pretrained(folder, dtype=torch.float32)
+    tiny_processor().save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def family(tmp_path_factory, ):
+    """A stock tiny model, two LiteWhisper presets of it, and one eval results file for each."""
+    root = tmp_path_factory.mktemp("family")
+    data = speech_set("librispeech-test-clean-mini")
+    stock = root / "whisper-tiny"
+    tiny_dense_model().save_pretrained(stock)
+    tiny_processor().save_pretrained(stock)
+    acc = save_lite(tiny_dense_model(), TINY_RANKS, root / "lite-whisper-tiny-acc")
+    fast = save_lite(tiny_dense_model(), FAST_RANKS, root / "lite-whisper-tiny-fast")
+    results = []
+    for folder in (stock, acc, fast):
+        outcome = evaluate(str(folder), [str(data)], limit=2, batch_size=2, progress=False)
+        results.append(write_results(outcome, root / "results" / f"{folder.name}.json"))
+    return {"stock": stock, "acc": acc, "fast": fast, "results": results, "data": data}
+
+
+@pytest.fixture(scope="module")
+def card(family):
+    render_card(family["acc"], family["results"], base_model="openai/whisper-tiny", repo_id="someone/lite-tiny-acc",
+                datasets=["openslr/librispeech_asr"], recipe={"preset": "acc", "calibration": "librispeech 251 utts"})
+    return ModelCard.load(family["acc"] / "README.md")
+
+
+def test_card_metadata_parses_with_eval_results(card, family):
+    data = card.data
+    assert data.library_name == "transformers" and data.pipeline_tag == "automatic-speech-recognition"
+    assert data.base_model == "openai/whisper-tiny" and data.license == "apache-2.0" and data.language == ["en"]
+    assert "lite-whisper" in data.tags and data.datasets == ["openslr/librispeech_asr"]
+    assert data.model_name == "lite-whisper-tiny-acc"
+    (result,) = data.eval_results
+    expected = json.loads(family["results"][1].read_text())["datasets"]["librispeech-test-clean-mini"]["wer"]
+    assert result.metric_type == "wer" and result.metric_value == pytest.approx(expected, abs=0.005)
+    assert result.task_type == "automatic-speech-recognition"
+    assert (result.dataset_type, result.dataset_config, result.dataset_split) == ("openslr/librispeech_asr", "clean", "test")
+
+
+def test_card_compares_with_the_stock_model_and_other_presets(card, family):
+    text = card.text
+    table = [line for line in text.splitlines() if line.startswith("| ")]
+    assert any(line.startswith("| whisper-tiny (stock)") for line in table)
+    assert any("**acc (this model)**" in line for line in table)
+    assert any(line.startswith("| fast ") for line in table)
+    assert "calibration" in text and "| layer |" in text  # recipe and ranks
+    assert "/tmp" not in text and str(family["acc"]) not in text  # no local paths leak into the card
+    assert "![" in text and "(pareto.png)" in text
+    png = (family["acc"] / "pareto.png").read_bytes()
+    assert png.startswith(b"\x89PNG") and len(png) > 10_000
+
+
+def test_usage_snippet_runs(card, family):
+    """The card's Python snippet, pointed at the local folder and a real clip, runs in a fresh process."""
+    (snippet,) = re.findall(r"```python\n(.*?)```", card.text, flags=re.S)
+    assert "trust_remote_code=True" in snippet and '"someone/lite-tiny-acc"' in snippet
+    clip = next(family["data"].glob("*.flac"))
+    code = snippet.replace('"someone/lite-tiny-acc"', repr(str(family["acc"]))).replace('"speech.flac"', repr(str(clip)))
+    environment = dict(os.environ, HF_HUB_OFFLINE="1")
+    completed = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
+                               env=environment, cwd=family["acc"].parent)
+    assert completed.returncode == 0, completed.stderr[-3000:]
+
+
+def test_real_card_snippet_transcribes(request, tmp_path):
+    """On a LiteWhisper repo cut from real tiny.en, the snippet prints the words of the clip."""
+    try:
+        tiny_en_dir = request.getfixturevalue("tiny_en_dir")
+    except pytest.FixtureLookupError:
+        pytest.skip("fixture 'tiny_en_dir' (real tiny.en weights) is not available")
+    from transformers import WhisperForConditionalGeneration, WhisperProcessor
+
+    data = speech_set("librispeech-test-clean-mini")
+    dense = WhisperForConditionalGeneration.from_pretrained(tiny_en_dir, dtype=torch.float32).eval()
+    lite_dir = tmp_path / "lite-whisper-tiny.en-acc"
+    factorise_exactly(dense, [{"fc1": 320, "fc2": 320}] * 4).save_pretrained(lite_dir, dtype=torch.float32)
+    WhisperProcessor.from_pretrained(tiny_en_dir).save_pretrained(lite_dir)
+    stock_results = evaluate(str(tiny_en_dir), [str(data)], limit=1, progress=False)
+    lite_results = evaluate(str(lite_dir), [str(data)], limit=1, progress=False)
+    files = [write_results(stock_results, tmp_path / "stock.json"), write_results(lite_results, tmp_path / "lite.json")]
+    card = render_card(lite_dir, files, base_model="openai/whisper-tiny.en", repo_id="someone/x")
+    (snippet,) = re.findall(r"```python\n(.*?)```", card.text, flags=re.S)
+    clip = data / "1089-134691-0000.flac"  # "HE COULD WAIT NO LONGER"
+    code = snippet.replace('"someone/x"', repr(str(lite_dir))).replace('"speech.flac"', repr(str(clip)))
+    completed = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
+                               env=dict(os.environ, HF_HUB_OFFLINE="1"), cwd=tmp_path)
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    assert "could wait no longer" in completed.stdout.lower()
+
+
+def test_card_needs_results_for_the_model_and_the_stock_model(family, tmp_path):
+    stock_json, acc_json, fast_json = family["results"]
+    with pytest.raises(CardError, match="no results for .*lite-whisper-tiny-acc"):
+        render_card(family["acc"], [stock_json, fast_json], base_model="openai/whisper-tiny", write=False)
+    with pytest.raises(CardError, match="stock"):
+        render_card(family["acc"], [acc_json, fast_json], base_model="openai/whisper-tiny", write=False)
+    with pytest.raises(CardError, match="--base-model"):
+        render_card(family["acc"], family["results"], write=False)
+
+
+def test_benchmark_reports_are_results_too(tmp_path):
+    report = {
+        "machine": {"cpu": "x", "threads": 2},
+        "models": [
+            {"name": "stock whisper", "kind": "transformers", "model": "/m/whisper", "model_type": "whisper",
+             "encoder_params": 100, "encoder_gflops": 1.0, "mean_wer": 5.0, "rtfx": 10.0,
+             "encoder_latency_ms": {"1": 40.0}, "datasets": {"a": {"wer": 5.0, "num_utterances": 1, "audio_seconds": 1}}},
+            {"name": "faster-whisper int8", "kind": "faster-whisper", "model": "/m/ct2", "model_type": "faster-whisper",
+             "encoder_params": 100, "encoder_gflops": 1.0, "mean_wer": 5.5, "rtfx": 20.0,
+             "encoder_latency_ms": {"1": 30.0}, "datasets": {"a": {"wer": 5.5, "num_utterances": 1, "audio_seconds": 1}}},
+        ],
+    }
+    path = tmp_path / "bench.json"
+    path.write_text(json.dumps(report))
+    results = load_results([path])
+    assert [r.model_type for r in results] == ["whisper", "faster-whisper"]
+    assert results[0].encoder_latency_ms == 40.0 and results[1].rtfx == 20.0
+
+
+def test_pareto_front_keeps_points_nothing_beats():
+    points = [(10, 5.0), (8, 6.0), (9, 7.0), (6, 9.0), (7, 8.5)]
+    assert pareto_front(points) == [(6, 9.0), (7, 8.5), (8, 6.0), (10, 5.0)]
+
+
+def test_card_cli(family, capsys):
+    from lite_whisper_convert.cli import main
+
+    results = [str(path) for path in family["results"]]
+    assert main(["card", str(family["fast"]), "--results", *results, "--base-model", "openai/whisper-tiny"]) == 0
+    card = ModelCard.load(family["fast"] / "README.md")
+    assert card.data.eval_results and card.data.model_name == "lite-whisper-tiny-fast"
+    assert "**fast (this model)**" in card.text
+    assert main(["card", str(family["fast"]), "--results", results[0], "--base-model", "x/y"]) == 2  # no traceback
+    assert "no results for" in capsys.readouterr().err
