@@ -221,3 +221,39 @@ def test_real_tiny_en_on_librispeech_mini(request, tmp_path_factory):
     assert result["wer"] < 10.0, result["transcripts"]
     assert results["encoder_params"] == pytest.approx(7.63e6, rel=2e-3)
     assert result["rtfx"] > 1.0
+
+
+def test_hub_datasets_stream_through_the_same_path(tiny_folders, monkeypatch):
+    """hf:// sources go through `datasets.load_dataset(..., streaming=True)` (faked here: no network)."""
+    datasets = pytest.importorskip("datasets")
+    calls = []
+
+    class FakeStream:
+        def cast_column(self, column, feature):
+            calls.append(("cast", column, feature.sampling_rate))
+            return self
+
+        def __iter__(self):
+            rng = np.random.default_rng(1)
+            for index, text in enumerate(["a cat", "", "the dog", "one more"]):
+                yield {"id": f"utt{index}", "text": text,
+                       "audio": {"array": 0.1 * rng.standard_normal(16000), "sampling_rate": 16000}}
+
+    def fake_load_dataset(path, config, split, streaming):
+        calls.append(("load", path, config, split, streaming))
+        return FakeStream()
+
+    monkeypatch.setattr(datasets, "load_dataset", fake_load_dataset)
+    results = evaluate(str(tiny_folders[0]), ["hf://openslr/librispeech_asr:clean/test"], limit=3, progress=False)
+    assert calls[0] == ("load", "openslr/librispeech_asr", "clean", "test", True) and calls[1] == ("cast", "audio", 16000)
+    (name, result), = results["datasets"].items()
+    assert name == "librispeech_asr-clean-test"
+    assert result["num_utterances"] == 2 and result["skipped_empty_references"] == 1  # limit counts rows read
+
+
+def test_leaderboard_alias_expands_to_its_english_sets():
+    sources = evaluation.expand_sources(["open-asr-leaderboard", "my/folder"])
+    assert len(sources) == 9 and sources[-1] == "my/folder"
+    assert "hf://hf-audio/esb-datasets-test-only-sorted:librispeech/test.other" in sources
+    with pytest.raises(EvaluationError, match="no data"):
+        evaluation.expand_sources([])
