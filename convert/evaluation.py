@@ -290,6 +290,8 @@ def machine_info() -> dict:
 
 def expand_sources(data_sources: Sequence[str]) -> List[str]:
     """Data sources with the `open-asr-leaderboard` alias expanded to the leaderboard's English test sets."""
+    if isinstance(data_sources, (str, Path)):  # one source given bare
+        data_sources = [data_sources]
     expanded = []
     for source in data_sources:
         if str(source) == OPEN_ASR_LEADERBOARD:

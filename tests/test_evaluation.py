@@ -255,5 +255,6 @@ def test_leaderboard_alias_expands_to_its_english_sets():
     sources = evaluation.expand_sources(["open-asr-leaderboard", "my/folder"])
     assert len(sources) == 9 and sources[-1] == "my/folder"
     assert "hf://hf-audio/esb-datasets-test-only-sorted:librispeech/test.other" in sources
+    assert evaluation.expand_sources("my/folder") == ["my/folder"]
     with pytest.raises(EvaluationError, match="no data"):
         evaluation.expand_sources([])
