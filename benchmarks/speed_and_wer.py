@@ -121,10 +121,10 @@ class FasterWhisperRunner(Runner):
     kind = "faster-whisper"
 
     def __init__(self, name: str, folder: Path, compute_type: str, threads: int, sizes: dict,
-                 language: Optional[str]):
+                 language: Optional[str], source: str):
         from faster_whisper import WhisperModel
 
-        self.name, self.folder, self.compute_type = name, folder, compute_type
+        self.name, self.folder, self.compute_type, self.source = name, folder, compute_type, source
         device = "cuda" if torch.cuda.is_available() else "cpu"
         self.model = WhisperModel(str(folder), device=device, compute_type=compute_type, cpu_threads=threads,
                                   num_workers=1)
@@ -153,7 +153,7 @@ class FasterWhisperRunner(Runner):
         return {
             "name": self.name,
             "kind": self.kind,
-            "model": str(self.folder),
+            "model": self.source,  # what --ct2 named (a joined copy of split parts is temporary)
             "model_type": "faster-whisper",
             "dtype": self.compute_type,
             "device": self.model.model.device,
@@ -342,7 +342,7 @@ def main(argv=None) -> dict:
                 for compute_type in args.compute_types:
                     print(f"loading faster-whisper {compute_type}: {folder}", file=sys.stderr)
                     runners.append(FasterWhisperRunner(f"faster-whisper {compute_type}", folder, compute_type,
-                                                       threads, stock.sizes, args.language))
+                                                       threads, stock.sizes, args.language, " ".join(args.ct2)))
 
         # The same real 30 s windows for every model (speech from the first utterances, zero-padded).
         pool = [u for utterances in utterances_by_set.values() for u in utterances]

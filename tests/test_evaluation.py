@@ -258,3 +258,27 @@ def test_leaderboard_alias_expands_to_its_english_sets():
     assert evaluation.expand_sources("my/folder") == ["my/folder"]
     with pytest.raises(EvaluationError, match="no data"):
         evaluation.expand_sources([])
+
+
+def test_benchmark_script_runs_side_by_side(tiny_folders, clips, tmp_path):
+    """benchmarks/speed_and_wer.py on the tiny models: one report, every model on the same data."""
+    import importlib.util
+
+    from conftest import REPO_ROOT
+
+    spec = importlib.util.spec_from_file_location("speed_and_wer", REPO_ROOT / "benchmarks" / "speed_and_wer.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    dense_dir, lite_dir = tiny_folders
+    report = script.main(["--label", "tiny-random", "--whisper", str(dense_dir), "--lite", f"acc={lite_dir}",
+                          "--data", str(clips), "--repeats", "2", "--latency-batches", "1", "2",
+                          "--batch-size", "2", "--out", str(tmp_path)])
+    assert [model["name"] for model in report["models"]] == ["stock whisper", "acc"]
+    for model in report["models"]:
+        assert set(model["encoder_latency_ms"]) == {"1", "2"} and model["rtfx"] > 0
+        assert model["datasets"][clips.name]["num_utterances"] == 3  # the empty reference is left out
+    assert report["models"][1]["encoder_params"] < report["models"][0]["encoder_params"]
+    (written,) = tmp_path.glob("tiny-random-*.json")
+    assert json.loads(written.read_text())["machine"]["threads"] == torch.get_num_threads()
+    table = written.with_suffix(".md").read_text()
+    assert "| stock whisper |" in table and "| acc |" in table and "Machine:" in table
