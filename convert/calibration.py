@@ -1,0 +1,396 @@
+"""Calibration statistics: streaming sums of each encoder linear's outputs over real speech.
+
+For every encoder layer and each of its six linears (`q_proj`, `k_proj`, `v_proj`, `out_proj`, `fc1` before the
+GELU, `fc2`) a forward hook adds the layer's OUTPUT rows y [out] into three float64 sums:
+
+    count          how many rows (encoder positions) were seen
+    total  [out]   Σ y
+    outer  [out, out]  Σ y yᵀ
+
+Memory is O(Σ out²) whatever the number of clips; the clips stream through in batches and are never kept.
+From the sums, `decomposition.spectrum` gets the mean and the centred covariance. Plain sums merge by adding,
+so shards computed in several processes combine with `merge_stats` (in one process) or `reduce_stats` (in
+place, e.g. with `torch.distributed.all_reduce`).
+
+Whisper pads every clip to 30 s. `frames="real"` keeps only the encoder positions that cover real audio,
+`frames="all"` keeps all of them as the original LiteASR recipe does. On real speech "real" compresses better
+(see benchmarks/compress_presets.py and README): padding positions are many (a 10 s clip is two thirds
+padding), nearly identical and unlike speech, so with "all" the principal directions are spent on them.
+
+A `Stats` records the identity of the model it came from (encoder shapes and a hash of the encoder weights),
+so that a stats file is never applied to another model: `check_identity` raises `StatsMismatchError`.
+"""
+
+import hashlib
+import json
+import os
+import tempfile
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Dict, Iterable, Iterator, List, Optional, Tuple
+
+import torch
+
+from configuration_lite_whisper import ATTENTION_SLOTS, LOW_RANK_SLOTS, slot_shape
+
+FRAMES_POLICIES = ("real", "all")
+DEFAULT_FRAMES = "real"
+STATS_FORMAT = "lite-whisper-calibration-stats/1"
+ROWS_PER_UPDATE = 4096  # rows converted to float64 at a time: bounds the transient memory of a hook
+IDENTITY_SHAPE_KEYS = (
+    "d_model",
+    "encoder_layers",
+    "encoder_attention_heads",
+    "encoder_ffn_dim",
+    "num_mel_bins",
+    "max_source_positions",
+)
+
+SlotKey = Tuple[int, str]  # (encoder layer index, slot name)
+
+
+class CalibrationError(ValueError):
+    """Calibration cannot produce usable statistics (no audio, non-finite activations, ...)."""
+
+
+class StatsMismatchError(CalibrationError):
+    """A statistics file or shard belongs to another model, or another calibration setting."""
+
+
+class StatsFileError(CalibrationError):
+    """A statistics file is missing, unreadable or not in our format."""
+
+
+@dataclass
+class SlotStats:
+    """Running sums of one linear's outputs."""
+
+    count: int
+    total: torch.Tensor  # [out] float64: Σ y
+    outer: torch.Tensor  # [out, out] float64: Σ y yᵀ
+
+    @classmethod
+    def zeros(cls, out_features: int) -> "SlotStats":
+        return cls(0, torch.zeros(out_features, dtype=torch.float64), torch.zeros(out_features, out_features, dtype=torch.float64))
+
+    def add(self, rows: torch.Tensor) -> None:
+        """Accumulate output rows [n, out] (any float dtype), ROWS_PER_UPDATE at a time in float64."""
+        for start in range(0, rows.shape[0], ROWS_PER_UPDATE):
+            chunk = rows[start : start + ROWS_PER_UPDATE].to(device="cpu", dtype=torch.float64)
+            self.total += chunk.sum(dim=0)
+            self.outer.addmm_(chunk.T, chunk)
+        self.count += rows.shape[0]
+
+
+@dataclass
+class Stats:
+    """Calibration statistics of one model's encoder linears, plus what they were computed from.
+
+    `explained_variance[(layer, slot)]` [out] is filled by `decomposition.attach_explained_variance`: entry k-1 is
+    the fraction of the centred output variance that the top-k principal directions keep.
+    """
+
+    identity: dict  # model_identity(): base model name, encoder shapes, encoder weight hash
+    frames: str  # "real" | "all"
+    utterances: int  # clips seen
+    calibration: str  # name of the calibration data
+    slots: Dict[SlotKey, SlotStats]
+    explained_variance: Dict[SlotKey, torch.Tensor] = field(default_factory=dict)
+
+    @property
+    def frames_seen(self) -> int:
+        """Encoder positions accumulated (the same for every slot)."""
+        return next(iter(self.slots.values())).count if self.slots else 0
+
+
+# ---------------------------------------------------------------------------------------------- model plumbing
+
+
+def encoder_of(model):
+    """The WhisperEncoder of a Whisper/LiteWhisper model (or the encoder itself)."""
+    return model.get_encoder() if hasattr(model, "get_encoder") else model
+
+
+def encoder_linear(encoder, layer_index: int, slot: str) -> torch.nn.Module:
+    """The module in one slot of one encoder layer (nn.Linear, or LowRankLinear in a LiteWhisper)."""
+    layer = encoder.layers[layer_index]
+    return getattr(layer.self_attn if slot in ATTENTION_SLOTS else layer, slot)
+
+
+def _slot_order(key: SlotKey) -> tuple:
+    return key[0], LOW_RANK_SLOTS.index(key[1])
+
+
+def slot_keys(config) -> List[SlotKey]:
+    """Every (layer, slot) of an encoder, in layer order then slot order."""
+    return [(layer_index, slot) for layer_index in range(config.encoder_layers) for slot in LOW_RANK_SLOTS]
+
+
+def model_identity(model, name: Optional[str] = None) -> dict:
+    """What a stats file must match: the base model's name, encoder shapes and a hash of its encoder weights.
+
+    The hash covers every encoder parameter rounded to float16 (name, shape and bytes, in name order), so a
+    model loaded in float32, float16 or bfloat16 from the same checkpoint hashes alike for all practical
+    purposes, while any other model does not.
+    """
+    config = model.config
+    digest = hashlib.sha256()
+    encoder = encoder_of(model)
+    for parameter_name, tensor in sorted(encoder.state_dict().items()):
+        if parameter_name.startswith("embed_positions"):
+            continue  # the fixed sinusoidal table: part of the architecture, not of the trained weights
+        digest.update(f"{parameter_name}{tuple(tensor.shape)}".encode())
+        digest.update(tensor.detach().to(device="cpu", dtype=torch.float16).contiguous().numpy().tobytes())
+    return {
+        "base_model": name or getattr(config, "_name_or_path", "") or "",
+        "shapes": {key: int(getattr(config, key)) for key in IDENTITY_SHAPE_KEYS},
+        "encoder_sha256": digest.hexdigest(),
+    }
+
+
+def check_identity(stats: Stats, identity: dict) -> None:
+    """Raise StatsMismatchError unless `stats` were computed on the model whose identity is given."""
+    if stats.identity["shapes"] != identity["shapes"]:
+        raise StatsMismatchError(
+            f"the statistics were computed on {stats.identity['base_model'] or 'another model'} with encoder "
+            f"shapes {stats.identity['shapes']}, but this model ({identity['base_model']}) has {identity['shapes']}"
+        )
+    if stats.identity["encoder_sha256"] != identity["encoder_sha256"]:
+        raise StatsMismatchError(
+            f"the statistics were computed on {stats.identity['base_model'] or 'another model'} whose encoder "
+            f"weights differ from this model's ({identity['base_model']}): same shapes, different checkpoint"
+        )
+
+
+# --------------------------------------------------------------------------------------------------- collecting
+
+
+class _Collector:
+    """Forward hooks that add each linear's output rows to its SlotStats, for the positions in `self.mask`."""
+
+    def __init__(self, slots: Dict[SlotKey, SlotStats]):
+        self.slots = slots
+        self.mask: Optional[torch.Tensor] = None  # [batch, positions] bool, or None for every position
+
+    def hook(self, key: SlotKey) -> Callable:
+        def accumulate(module, inputs, output):  # output: [batch, positions, out]
+            rows = output[self.mask] if self.mask is not None else output.reshape(-1, output.shape[-1])
+            if not torch.isfinite(rows).all():
+                layer_index, slot = key
+                raise CalibrationError(
+                    f"non-finite activations (NaN or inf) at the output of encoder layer {layer_index} {slot}; "
+                    "the model or its dtype cannot run this audio (try --dtype float32)"
+                )
+            self.slots[key].add(rows.detach())
+
+        return accumulate
+
+
+@contextmanager
+def _hooks(encoder, collector: _Collector):
+    handles = [
+        encoder_linear(encoder, layer_index, slot).register_forward_hook(collector.hook((layer_index, slot)))
+        for layer_index, slot in collector.slots
+    ]
+    try:
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+def _batches(utterances: Iterable, batch_size: int) -> Iterator[list]:
+    batch = []
+    for utterance in utterances:
+        batch.append(utterance)
+        if len(batch) == batch_size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
+def real_positions(attention_mask: torch.Tensor, positions: int) -> torch.Tensor:
+    """Mel-frame mask [batch, frames] -> encoder-position mask [batch, positions]: a position is real if any of
+    the mel frames it downsamples holds audio (the second conv has stride 2)."""
+    stride = attention_mask.shape[1] // positions
+    return attention_mask.bool().reshape(attention_mask.shape[0], positions, stride).any(dim=-1)
+
+
+def collect_stats(
+    model,
+    feature_extractor,
+    utterances: Iterable,
+    batch_size: int = 8,
+    frames: str = DEFAULT_FRAMES,
+    progress: bool = True,
+    total: Optional[int] = None,
+    name: Optional[str] = None,
+    calibration: str = "",
+) -> Stats:
+    """Run `utterances` (audio.Utterance) through the model's encoder and return the output statistics.
+
+    `feature_extractor` is the model's WhisperFeatureExtractor; `frames` is "real" or "all" (see the module
+    docstring); `total` only sizes the progress bar; `name` and `calibration` are recorded in the Stats.
+    """
+    if frames not in FRAMES_POLICIES:
+        raise CalibrationError(f"frames must be one of {', '.join(FRAMES_POLICIES)}, got {frames!r}")
+    if batch_size < 1:
+        raise CalibrationError(f"batch size must be at least 1, got {batch_size}")
+    from tqdm.auto import tqdm
+
+    config = model.config
+    encoder = encoder_of(model)
+    parameter = next(encoder.parameters())
+    positions = config.max_source_positions
+    slots = {key: SlotStats.zeros(slot_shape(config, key[1])[1]) for key in slot_keys(config)}
+    collector = _Collector(slots)
+    seen = 0
+    bar = tqdm(total=total, unit="clip", desc="calibration", disable=not progress)
+    with torch.no_grad(), _hooks(encoder, collector):
+        for batch in _batches(utterances, batch_size):
+            inputs = feature_extractor(
+                [utterance.audio for utterance in batch],
+                sampling_rate=feature_extractor.sampling_rate,
+                return_tensors="pt",
+                return_attention_mask=True,
+            )
+            features = inputs.input_features.to(device=parameter.device, dtype=parameter.dtype)  # [b, mels, frames]
+            mask = real_positions(inputs.attention_mask, positions) if frames == "real" else None
+            collector.mask = mask.to(parameter.device) if mask is not None else None
+            encoder(features)
+            seen += len(batch)
+            bar.update(len(batch))
+    bar.close()
+    if seen == 0:
+        raise CalibrationError("no calibration audio: the source yielded no clips")
+    return Stats(
+        identity=model_identity(model, name),
+        frames=frames,
+        utterances=seen,
+        calibration=calibration,
+        slots=slots,
+    )
+
+
+# ------------------------------------------------------------------------------------------- merging / reducing
+
+
+def _check_compatible(first: Stats, other: Stats) -> None:
+    check_identity(other, first.identity)
+    if other.frames != first.frames:
+        raise StatsMismatchError(f"cannot merge statistics over {first.frames!r} frames with {other.frames!r} frames")
+    if set(other.slots) != set(first.slots):
+        raise StatsMismatchError("cannot merge statistics that cover different encoder slots")
+
+
+def merge_stats(parts: List[Stats]) -> Stats:
+    """One Stats holding the sums of several (e.g. shards computed by different processes)."""
+    if not parts:
+        raise CalibrationError("nothing to merge")
+    first = parts[0]
+    for other in parts[1:]:
+        _check_compatible(first, other)
+    slots = {
+        key: SlotStats(
+            count=sum(part.slots[key].count for part in parts),
+            total=sum(part.slots[key].total for part in parts),
+            outer=sum(part.slots[key].outer for part in parts),
+        )
+        for key in first.slots
+    }
+    calibration = " + ".join(dict.fromkeys(part.calibration for part in parts))
+    return Stats(first.identity, first.frames, sum(p.utterances for p in parts), calibration, slots)
+
+
+def reduce_stats(stats: Stats, all_reduce: Callable[[torch.Tensor], None]) -> Stats:
+    """Sum `stats` across processes in place with a summing `all_reduce(tensor)`, e.g.
+    `torch.distributed.all_reduce` (move the tensors to the backend's device first where it needs one).
+
+    The float64 sums are reduced one slot at a time; the counts travel together in one int64 tensor.
+    """
+    keys = sorted(stats.slots)
+    counts = torch.tensor([stats.utterances] + [stats.slots[key].count for key in keys], dtype=torch.int64)
+    all_reduce(counts)
+    stats.utterances = int(counts[0])
+    for position, key in enumerate(keys, start=1):
+        slot = stats.slots[key]
+        slot.count = int(counts[position])
+        all_reduce(slot.total)
+        all_reduce(slot.outer)
+    stats.explained_variance = {}  # computed from the local sums: no longer valid
+    return stats
+
+
+# --------------------------------------------------------------------------------------------------- save / load
+
+
+def save_stats(stats: Stats, path) -> Path:
+    """Write `stats` to one safetensors file (written to a temporary name, then renamed into place)."""
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    tensors = {}
+    for (layer_index, slot), sums in stats.slots.items():
+        tensors[f"{layer_index}.{slot}.total"] = sums.total.contiguous()
+        tensors[f"{layer_index}.{slot}.outer"] = sums.outer.contiguous()
+    for (layer_index, slot), curve in stats.explained_variance.items():
+        tensors[f"{layer_index}.{slot}.explained_variance"] = curve.to(torch.float64).contiguous()
+    header = {
+        "format": STATS_FORMAT,
+        "identity": stats.identity,
+        "frames": stats.frames,
+        "utterances": stats.utterances,
+        "calibration": stats.calibration,
+        "counts": {f"{layer_index}.{slot}": sums.count for (layer_index, slot), sums in stats.slots.items()},
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, staging = tempfile.mkstemp(prefix=f".{path.name}.partial-", dir=path.parent)
+    os.close(handle)
+    try:
+        save_file(tensors, staging, metadata={"lite_whisper": json.dumps(header, sort_keys=True)})
+        os.replace(staging, path)
+    finally:
+        if os.path.exists(staging):
+            os.remove(staging)
+    return path
+
+
+def load_stats(path, identity: Optional[dict] = None) -> Stats:
+    """Read a stats file; with `identity` (from `model_identity`), raise StatsMismatchError if it is another model's."""
+    from safetensors import SafetensorError, safe_open
+
+    path = Path(path)
+    if not path.is_file():
+        raise StatsFileError(f"statistics file not found: {path}")
+    try:
+        with safe_open(str(path), "pt") as handle:
+            metadata = handle.metadata() or {}
+            tensors = {name: handle.get_tensor(name) for name in handle.keys()}
+    except (SafetensorError, OSError, ValueError) as error:
+        raise StatsFileError(f"{path}: not a statistics file ({error})") from None
+    try:
+        header = json.loads(metadata["lite_whisper"])
+        if header.get("format") != STATS_FORMAT:
+            raise KeyError("format")
+    except (KeyError, json.JSONDecodeError):
+        raise StatsFileError(f"{path}: not a LiteWhisper calibration statistics file ({STATS_FORMAT})") from None
+    slots, curves = {}, {}
+    for key_text, count in header["counts"].items():
+        layer_text, slot = key_text.split(".")
+        key = (int(layer_text), slot)
+        slots[key] = SlotStats(count, tensors[f"{key_text}.total"], tensors[f"{key_text}.outer"])
+        if f"{key_text}.explained_variance" in tensors:
+            curves[key] = tensors[f"{key_text}.explained_variance"]
+    stats = Stats(
+        identity=header["identity"],
+        frames=header["frames"],
+        utterances=header["utterances"],
+        calibration=header["calibration"],
+        slots={key: slots[key] for key in sorted(slots, key=_slot_order)},
+        explained_variance={key: curves[key] for key in sorted(curves, key=_slot_order)},
+    )
+    if identity is not None:
+        check_identity(stats, identity)
+    return stats
