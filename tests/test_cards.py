@@ -27,7 +27,7 @@ def save_lite(dense, ranks, folder):
 
 
 @pytest.fixture(scope="module")
-def family(tmp_path_factory, ):
+def family(tmp_path_factory):
     """A stock tiny model, two LiteWhisper presets of it, and one eval results file for each."""
     root = tmp_path_factory.mktemp("family")
     data = speech_set("librispeech-test-clean-mini")
@@ -88,12 +88,8 @@ def test_usage_snippet_runs(card, family):
     assert completed.returncode == 0, completed.stderr[-3000:]
 
 
-def test_real_card_snippet_transcribes(request, tmp_path):
+def test_real_card_snippet_transcribes(tiny_en_dir, tmp_path):
     """On a LiteWhisper repo cut from real tiny.en, the snippet prints the words of the clip."""
-    try:
-        tiny_en_dir = request.getfixturevalue("tiny_en_dir")
-    except pytest.FixtureLookupError:
-        pytest.skip("fixture 'tiny_en_dir' (real tiny.en weights) is not available")
     from transformers import WhisperForConditionalGeneration, WhisperProcessor
 
     data = speech_set("librispeech-test-clean-mini")
@@ -101,9 +97,12 @@ def test_real_card_snippet_transcribes(request, tmp_path):
     lite_dir = tmp_path / "lite-whisper-tiny.en-acc"
     factorise_exactly(dense, [{"fc1": 320, "fc2": 320}] * 4).save_pretrained(lite_dir, dtype=torch.float32)
     WhisperProcessor.from_pretrained(tiny_en_dir).save_pretrained(lite_dir)
-    stock_results = evaluate(str(tiny_en_dir), [str(data)], limit=1, progress=False)
-    lite_results = evaluate(str(lite_dir), [str(data)], limit=1, progress=False)
-    files = [write_results(stock_results, tmp_path / "stock.json"), write_results(lite_results, tmp_path / "lite.json")]
+    files = []
+    for folder, model_type, params in ((tiny_en_dir, "whisper", 7_632_384), (lite_dir, "lite-whisper", 6_000_000)):
+        results = {"model": str(folder), "model_type": model_type, "encoder_params": params, "decoder_params": 1,
+                   "encoder_gflops": 30.0, "mean_wer": 5.0, "machine": {},
+                   "datasets": {data.name: {"wer": 5.0, "num_utterances": 4, "audio_seconds": 21.2, "rtfx": 5.0}}}
+        files.append(write_results(results, tmp_path / f"{model_type}.json"))
     card = render_card(lite_dir, files, base_model="openai/whisper-tiny.en", repo_id="someone/x")
     (snippet,) = re.findall(r"```python\n(.*?)```", card.text, flags=re.S)
     clip = data / "1089-134691-0000.flac"  # "HE COULD WAIT NO LONGER"
