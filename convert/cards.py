@@ -231,7 +231,8 @@ def pareto_plot(this: ModelResult, base: ModelResult, others: List[ModelResult],
         axes.annotate(result.name, (result.encoder_params / 1e6, result.mean_wer), textcoords="offset points",
                       xytext=(6, 4), fontsize=8)
     axes.set_xlabel("encoder parameters (millions)")
-    axes.set_ylabel(f"WER (%), mean over {len(this.datasets)} set(s)")
+    sets = list(this.datasets)
+    axes.set_ylabel(f"WER (%), mean over {len(sets)} sets" if len(sets) > 1 else f"WER (%), {sets[0]}")
     axes.set_title(f"LiteWhisper presets of {base_label}: WER vs encoder size", fontsize=10)
     axes.grid(alpha=0.3)
     handles, labels = axes.get_legend_handles_labels()
