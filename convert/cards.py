@@ -22,8 +22,11 @@ from .evaluation import NORMALIZER_NAME
 
 TEMPLATE = Path(__file__).resolve().parents[1] / "model_cards" / "template.md"
 PLOT_NAME = "pareto.png"
-# Written by the export stage next to the weights when it knows them: base model id, preset, calibration data...
-RECIPE_FILE = "lite_whisper_recipe.json"
+# Written by the export stage next to the weights (see export.Recipe): base model, calibration, rank policy...
+RECIPE_FILE = "compression_recipe.json"
+# Recipe keys shown elsewhere in the card (sizes, ranks) or not about how the model was made.
+RECIPE_HIDDEN = {"low_rank_config", "encoder_params", "stock_encoder_params", "encoder_gflops", "stock_encoder_gflops",
+                 "repo_id", "datasets", "preset"}
 PRESET_SUFFIX = re.compile(r"-(acc|balanced|fast)$")
 TAGS = ["audio", "automatic-speech-recognition", "whisper", "lite-whisper", "low-rank", "compression"]
 SLOTS = ("q_proj", "k_proj", "v_proj", "out_proj", "fc1", "fc2")
@@ -179,11 +182,46 @@ def _languages(model_dir: Path) -> List[str]:
 
 
 def read_recipe(model_dir: Path, recipe: Optional[dict] = None) -> dict:
-    """The compression recipe: the given dict, else `lite_whisper_recipe.json` in the folder, else {}."""
+    """The compression recipe: the given dict, else `compression_recipe.json` in the folder, else {}."""
     if recipe is not None:
         return dict(recipe)
     path = model_dir / RECIPE_FILE
     return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+
+
+def _is_local_path(value) -> bool:
+    return isinstance(value, str) and (value.startswith(("/", "./", "../", "~")) or Path(value).exists())
+
+
+def _public(value):
+    """A recipe value fit for a public card: local paths shortened to their last component."""
+    if isinstance(value, dict):
+        return {key: _public(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_public(item) for item in value]
+    return Path(value).name if _is_local_path(value) else value
+
+
+def recipe_items(recipe: dict) -> List[tuple]:
+    """(key, value) lines of the recipe for the card, without sizes/ranks shown elsewhere or empty extras."""
+    return [
+        (key, json.dumps(_public(value)) if isinstance(value, (dict, list)) else _public(value))
+        for key, value in recipe.items()
+        if key not in RECIPE_HIDDEN and value not in ({}, [], None, "")
+    ]
+
+
+def recipe_preset(recipe: dict) -> Optional[str]:
+    policy = recipe.get("rank_policy")
+    return recipe.get("preset") or (policy.get("preset") if isinstance(policy, dict) else None)
+
+
+def recipe_datasets(recipe: dict) -> List[str]:
+    """Hub ids of the calibration data, when the recipe names an hf:// source."""
+    calibration = recipe.get("calibration")
+    if isinstance(calibration, str) and calibration.startswith("hf://"):
+        return [parse_hub_spec(calibration)[0]]
+    return list(recipe.get("datasets") or [])
 
 
 def ranks_table(model_dir: Path) -> List[dict]:
@@ -283,7 +321,7 @@ def render_card(
     `base_model`: the stock model's Hub id (default: the recipe's `base_model`). `repo_id`: the id the usage
     snippet loads (default: the recipe's `repo_id`, else ORG/<folder name>). `datasets`: Hub ids of the
     calibration data for the metadata (default: the recipe's). `recipe`: how the model was made (default: the
-    folder's lite_whisper_recipe.json); shown in the card.
+    folder's compression_recipe.json, written by export); shown in the card, local paths shortened.
     """
     from huggingface_hub import ModelCard, ModelCardData
 
@@ -291,13 +329,18 @@ def render_card(
     if not (model_dir / "config.json").is_file():
         raise CardError(f"{model_dir}: not a model folder (no config.json)")
     recipe = read_recipe(model_dir, recipe)
-    base_model = base_model or recipe.get("base_model")
+    if not base_model and not _is_local_path(recipe.get("base_model")):
+        base_model = recipe.get("base_model")
     if not base_model:
-        raise CardError("the base model's Hub id is unknown: pass --base-model (e.g. openai/whisper-tiny.en)")
+        raise CardError(
+            "the base model's Hub id is unknown (the recipe names "
+            f"{recipe.get('base_model', 'none')!r}): pass --base-model, e.g. openai/whisper-tiny.en"
+        )
     name = model_dir.name
     repo_id = repo_id or recipe.get("repo_id") or f"ORG/{name}"
-    datasets = list(datasets or recipe.get("datasets") or [])
-    preset = recipe.get("preset") or (PRESET_SUFFIX.search(name).group(1) if PRESET_SUFFIX.search(name) else None)
+    datasets = list(datasets or recipe_datasets(recipe))
+    match = PRESET_SUFFIX.search(name)
+    preset = recipe_preset(recipe) or (match.group(1) if match else None)
 
     this, base, others = select_results(load_results(results_files), model_dir)
     this.name = preset or this.name
@@ -360,7 +403,7 @@ def render_card(
         normalizer=NORMALIZER_NAME,
         date=(this.machine.get("date") or "")[:10],
         plot=PLOT_NAME,
-        recipe=[(key, value) for key, value in recipe.items() if key not in ("repo_id",)],
+        recipe=recipe_items(recipe),
         ranks=ranks_table(model_dir),
         slots=SLOTS,
         multilingual=_languages(model_dir) != ["en"],

@@ -78,7 +78,7 @@ def _add_card(subparsers) -> None:
     parser.add_argument("--license", default="apache-2.0")
     parser.add_argument("--datasets", nargs="+", metavar="HUB_ID", help="calibration data sets for the metadata")
     parser.add_argument("--recipe", metavar="FILE", help="JSON describing how the model was made (default: "
-                        "lite_whisper_recipe.json in DIR when present)")
+                        "compression_recipe.json in DIR, written by export)")
     parser.add_argument("--template", help="card template (default: model_cards/template.md)")
     parser.set_defaults(func=_run_card)
 

@@ -45,8 +45,13 @@ def family(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def card(family):
-    render_card(family["acc"], family["results"], base_model="openai/whisper-tiny", repo_id="someone/lite-tiny-acc",
-                datasets=["openslr/librispeech_asr"], recipe={"preset": "acc", "calibration": "librispeech 251 utts"})
+    # What export writes to compression_recipe.json (a local base model path, an hf:// calibration set).
+    recipe = {"base_model": str(family["stock"]), "calibration": "hf://openslr/librispeech_asr:clean/train.100",
+              "num_utterances": 251, "frames": "real", "seed": 0, "extra": {},
+              "rank_policy": {"preset": "acc", "thresholds": {"attention": 0.99, "mlp": 0.995}},
+              "low_rank_config": TINY_RANKS, "encoder_params": 1}
+    (family["acc"] / "compression_recipe.json").write_text(json.dumps(recipe))
+    render_card(family["acc"], family["results"], base_model="openai/whisper-tiny", repo_id="someone/lite-tiny-acc")
     return ModelCard.load(family["acc"] / "README.md")
 
 
@@ -69,7 +74,9 @@ def test_card_compares_with_the_stock_model_and_other_presets(card, family):
     assert any(line.startswith("| whisper-tiny (stock)") for line in table)
     assert any("**acc (this model)**" in line for line in table)
     assert any(line.startswith("| fast ") for line in table)
-    assert "calibration" in text and "| layer |" in text  # recipe and ranks
+    assert "**calibration**: `hf://openslr/librispeech_asr:clean/train.100`" in text and "| layer |" in text
+    assert '"preset": "acc"' in text and "**extra**" not in text and "**encoder_params**" not in text
+    assert f"**base_model**: `{family['stock'].name}`" in text  # a local path shortened to its name
     assert "/tmp" not in text and str(family["acc"]) not in text  # no local paths leak into the card
     assert "![" in text and "(pareto.png)" in text
     png = (family["acc"] / "pareto.png").read_bytes()
@@ -119,8 +126,10 @@ def test_card_needs_results_for_the_model_and_the_stock_model(family, tmp_path):
         render_card(family["acc"], [stock_json, fast_json], base_model="openai/whisper-tiny", write=False)
     with pytest.raises(CardError, match="stock"):
         render_card(family["acc"], [acc_json, fast_json], base_model="openai/whisper-tiny", write=False)
-    with pytest.raises(CardError, match="--base-model"):
-        render_card(family["acc"], family["results"], write=False)
+    with pytest.raises(CardError, match="--base-model"):  # the recipe's base model is a local path
+        render_card(family["acc"], family["results"], write=False, recipe={"base_model": str(family["stock"])})
+    with pytest.raises(CardError, match="--base-model"):  # no recipe at all
+        render_card(family["fast"], family["results"], write=False)
 
 
 def test_benchmark_reports_are_results_too(tmp_path):
