@@ -527,6 +527,8 @@ def build_tokenizer(vocabulary: WhisperVocabulary, merges: Sequence[Tuple[str, s
         merges=list(merges),
         normalizer_file=str(SPELLING_MAP),
         model_max_length=1024,
+        # As in OpenAI's Hub tokenizers: the ASR pipeline needs a pad token to batch.
+        pad_token="<|endoftext|>",
     )
     specials = tokens[vocabulary.eot:vocabulary.timestamp_begin]
     tokenizer.add_special_tokens(
