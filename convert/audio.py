@@ -146,3 +146,12 @@ def source_name(source: str) -> str:
         path, config, split = parse_hub_spec(str(source))
         return f"{path.split('/')[-1]}{'-' + config if config else ''}-{split}"
     return Path(source).name
+
+
+def iter_paths(paths) -> Iterator[Utterance]:
+    """Utterances from a mix of audio files and audio folders (each folder as `iter_audio_folder` reads it)."""
+    for path in map(Path, paths):
+        if path.is_dir():
+            yield from iter_audio_folder(path)
+        else:
+            yield Utterance(name=str(path), audio=load_audio(path))

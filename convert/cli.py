@@ -60,6 +60,34 @@ def _run_eval(args) -> int:
 _COMMANDS.append(_add_eval)
 
 
+def _add_transcribe(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "transcribe",
+        help="transcribe audio files or folders with a Whisper or LiteWhisper model",
+        description="Greedy transcription; audio over 30 s uses Whisper's sequential long-form decoding.",
+    )
+    parser.add_argument("model", help="Whisper or LiteWhisper folder or Hub id")
+    parser.add_argument("audio", nargs="+", help="audio files and/or folders of audio (any sample rate)")
+    parser.add_argument("--language", default=None, help="multilingual models: e.g. en, fr (default: detect)")
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda when available)")
+    parser.set_defaults(func=_run_transcribe)
+
+
+def _run_transcribe(args) -> int:
+    from .audio import iter_paths
+    from .evaluation import load_model, transcribe_batches
+
+    model, processor = load_model(args.model, device=args.device)
+    for batch, texts, _ in transcribe_batches(model, processor, iter_paths(args.audio), args.batch_size, args.language):
+        for utterance, text in zip(batch, texts):
+            print(f"{utterance.name}\t{text}", flush=True)
+    return 0
+
+
+_COMMANDS.append(_add_transcribe)
+
+
 def _add_card(subparsers) -> None:
     parser = subparsers.add_parser(
         "card",

@@ -107,3 +107,12 @@ def test_fresh_process_pipeline_matches_in_process(tiny_lite_dir, clips, tmp_pat
 def test_pipeline_without_trust_remote_code_fails_loudly(tiny_lite_dir):
     with pytest.raises(ValueError, match="trust_remote_code=True"):
         pipeline("automatic-speech-recognition", model=str(tiny_lite_dir))
+
+
+def test_transcribe_command_prints_one_line_per_file(tiny_lite_dir, capsys):
+    from lite_whisper_convert.cli import main
+
+    folder = speech_set("librispeech-test-clean-mini")
+    assert main(["transcribe", str(tiny_lite_dir), str(folder / "1089-134691-0000.flac")]) == 0
+    name, text = capsys.readouterr().out.strip().split("\t")
+    assert name.endswith("1089-134691-0000.flac") and normalised_wer(["HE COULD WAIT NO LONGER"], [text]) == 0
