@@ -1,0 +1,119 @@
+"""Recovery: the least-squares refit and the distillation bring a decomposed encoder back towards the stock one,
+deterministically, training only the factors, biases and layer norms; steps=0 without refit is the recipe."""
+
+import pytest
+import torch
+from compress_fixtures import clips, tiny_feature_extractor, tiny_model
+
+from lite_whisper_convert.calibration import collect_stats, encoder_of
+from lite_whisper_convert.decomposition import decompose, spectra
+from lite_whisper_convert.recovery import (
+    RecoverySettings,
+    encode,
+    holdout_error,
+    log_mel_features,
+    recover,
+    refit_least_squares,
+    split_clips,
+    trainable_parameters,
+)
+from modeling_lite_whisper import LowRankLinear
+
+RANKS = [{"q_proj": 16, "k_proj": 16, "v_proj": 16, "out_proj": 16, "fc1": 16, "fc2": 16}] * 2
+
+
+def compressed(seed=0, ranks=RANKS):
+    stock = tiny_model(seed, init_std=0.5)  # layers that matter next to the residual stream
+    extractor = tiny_feature_extractor()
+    calibration = clips(16, seed=1)
+    stats = collect_stats(stock, extractor, calibration, progress=False, frames="all")
+    return stock, decompose(stock, spectra(stats), ranks), extractor, calibration
+
+
+def state_of(model):
+    return {name: tensor.clone() for name, tensor in model.state_dict().items()}
+
+
+def test_encode_matches_the_stock_encoder_forward():
+    stock, lite, extractor, calibration = compressed()
+    features = log_mel_features(extractor, calibration[:3])
+    with torch.no_grad():
+        for model in (stock, lite):
+            expected = encoder_of(model)(features).last_hidden_state
+            torch.testing.assert_close(encode(encoder_of(model), features), expected)
+
+
+def test_refit_lowers_the_output_error_on_the_clips_it_fits():
+    # (on real speech it generalises: 64 clips x 1500 positions per rank-<=384 fit; these 16 clips x 50 do not)
+    stock, lite, extractor, calibration = compressed()
+    features = log_mel_features(extractor, calibration)
+    before = holdout_error(lite, stock, features)
+    refit_least_squares(lite, stock, features)
+    assert not lite.training
+    after = holdout_error(lite, stock, features)
+    assert after < 0.7 * before, (before, after)
+
+
+def test_distillation_lowers_the_held_out_error_and_trains_only_factors_biases_and_norms():
+    stock, lite, extractor, calibration = compressed()
+    stock_state = state_of(stock)
+    flags = [parameter.requires_grad for parameter in list(lite.parameters()) + list(stock.parameters())]
+    untouched = {name: tensor.clone() for name, tensor in lite.state_dict().items()
+                 if not any(name.endswith(part) for part in ("weight1", "weight2", "bias"))
+                 and "layer_norm" not in name and name.startswith("model.encoder")}
+    settings = RecoverySettings(steps=30, refit=False, holdout=8, batch_size=4, learning_rate=3e-3, eval_every=10)
+    report = recover(lite, stock, extractor, calibration, settings, progress=False)
+    # early stopping keeps the best held-out state; the toy clips (noise and tones) barely generalise, so only
+    # the training loss must fall clearly
+    assert report.holdout_error_after <= report.holdout_error_before
+    losses = [entry["train_loss"] for entry in report.history]
+    assert sum(losses[-5:]) < 0.7 * sum(losses[:5]), losses
+    assert report.steps_run == 30 and report.train_clips == 8 and report.holdout_clips == 8
+    for name, tensor in stock.state_dict().items():  # the teacher is untouched
+        torch.testing.assert_close(tensor, stock_state[name])
+    for name, tensor in lite.state_dict().items():
+        if name in untouched:
+            torch.testing.assert_close(tensor, untouched[name])
+    assert not lite.training
+    assert flags == [parameter.requires_grad for parameter in list(lite.parameters()) + list(stock.parameters())]
+
+
+def test_recovery_is_deterministic_with_a_seed():
+    results = []
+    for _ in range(2):
+        stock, lite, extractor, calibration = compressed()
+        recover(lite, stock, extractor, calibration, RecoverySettings(steps=6, holdout=8, eval_every=3, seed=7),
+                progress=False)
+        results.append(state_of(lite))
+    for name in results[0]:
+        torch.testing.assert_close(results[0][name], results[1][name], atol=0, rtol=0)
+
+
+def test_no_steps_and_no_refit_is_the_recipe():
+    stock, lite, extractor, calibration = compressed()
+    before = state_of(lite)
+    report = recover(lite, stock, extractor, calibration, RecoverySettings(steps=0, refit=False, holdout=4), progress=False)
+    for name, tensor in lite.state_dict().items():
+        torch.testing.assert_close(tensor, before[name], atol=0, rtol=0)
+    assert report.holdout_error_after == report.holdout_error_before
+
+
+def test_the_inference_layout_is_rebuilt_from_the_recovered_factors():
+    stock, lite, extractor, calibration = compressed()
+    recover(lite, stock, extractor, calibration, RecoverySettings(steps=3, holdout=4, eval_every=3), progress=False)
+    for module in lite.modules():
+        if isinstance(module, LowRankLinear) and module.merged_weight is not None:
+            torch.testing.assert_close(module.merged_weight, module.dense_weight())
+
+
+def test_trainable_parameters_are_the_factors_and_norms():
+    _, lite, _, _ = compressed()
+    names = trainable_parameters(lite)
+    assert any(name.endswith("weight1") for name in names) and any("layer_norm" in name for name in names)
+    assert not any("conv" in name or "embed_positions" in name for name in names)
+    assert not any("layer_norm" in name for name in trainable_parameters(lite, train_layer_norms=False))
+
+
+def test_split_keeps_at_least_half_for_training():
+    assert split_clips(list(range(10)), 3) == (list(range(7)), [7, 8, 9])
+    assert split_clips(list(range(10)), 50) == (list(range(5)), list(range(5, 10)))
