@@ -116,3 +116,14 @@ def test_transcribe_command_prints_one_line_per_file(tiny_lite_dir, capsys):
     assert main(["transcribe", str(tiny_lite_dir), str(folder / "1089-134691-0000.flac")]) == 0
     name, text = capsys.readouterr().out.strip().split("\t")
     assert name.endswith("1089-134691-0000.flac") and normalised_wer(["HE COULD WAIT NO LONGER"], [text]) == 0
+
+
+def test_the_readme_usage_snippet_runs(tiny_lite_dir, monkeypatch, capsys):
+    from conftest import REPO_ROOT
+
+    readme = (REPO_ROOT / "README.md").read_text()
+    snippet = readme.split("## Using a LiteWhisper model", 1)[1].split("```python\n", 1)[1].split("```", 1)[0]
+    clip = speech_set("librispeech-test-clean-mini") / "1089-134691-0000.flac"
+    snippet = snippet.replace('"efficient-speech/lite-whisper-large-v3-turbo-acc"', repr(str(tiny_lite_dir)))
+    exec(compile(snippet.replace('"audio.flac"', repr(str(clip))), "README.md", "exec"), {})
+    assert normalised_wer(["HE COULD WAIT NO LONGER"], [capsys.readouterr().out]) == 0
