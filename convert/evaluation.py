@@ -40,6 +40,12 @@ from .measures import encoder_flops, encoder_parameters
 SPELLING_MAP = Path(__file__).resolve().parent / "data" / "english_spelling.json"
 NORMALIZER_NAME = "whisper-english (transformers EnglishTextNormalizer + Whisper english.json spelling map)"
 GREEDY = {"num_beams": 1, "do_sample": False}
+# Decoding safeguard, an option reported beside greedy and never instead of it: Whisper's temperature fallback. A
+# segment is decoded again at the next temperature when its compression ratio (transformers computes it with
+# zlib on the token ids, hence 1.35 rather than OpenAI's 2.4 on text) is above the threshold or its mean token
+# log-probability below -1. Sampling is seeded with FALLBACK_SEED at the start of each transcription.
+FALLBACK = {"temperature": (0.0, 0.2, 0.4, 0.6, 0.8, 1.0), "compression_ratio_threshold": 1.35, "logprob_threshold": -1.0}
+FALLBACK_SEED = 0
 WINDOW_SECONDS = 30.0
 
 # The English test sets of the Open ASR leaderboard (hf-audio/esb-datasets-test-only-sorted), for users online.
@@ -146,9 +152,13 @@ def is_multilingual(model) -> bool:
     return bool(getattr(generation_config, "lang_to_id", None))
 
 
-def generation_kwargs(model, language: Optional[str] = "en", generate_kwargs: Optional[dict] = None) -> dict:
-    """Greedy decoding plus language/task for multilingual models (none for `.en` ones); caller's keys win."""
+def generation_kwargs(model, language: Optional[str] = "en", generate_kwargs: Optional[dict] = None,
+                      fallback: bool = False) -> dict:
+    """Greedy decoding plus language/task for multilingual models (none for `.en` ones); caller's keys win.
+    With `fallback`, Whisper's temperature fallback (FALLBACK) on top of greedy."""
     kwargs = dict(GREEDY)
+    if fallback:
+        kwargs.update(FALLBACK)
     if is_multilingual(model):
         kwargs["task"] = "transcribe"
         if language:
@@ -216,9 +226,12 @@ def transcribe_batches(
     batch_size: int = 8,
     language: Optional[str] = "en",
     generate_kwargs: Optional[dict] = None,
+    fallback: bool = False,
 ) -> Iterator[Tuple[List[Utterance], List[str], float]]:
     """Yield (batch, hypotheses, wall seconds) per batch; the time covers features, generate and decoding."""
-    kwargs = generation_kwargs(model, language, generate_kwargs)
+    kwargs = generation_kwargs(model, language, generate_kwargs, fallback)
+    if fallback:  # sampling at temperatures above 0: reproducible from a fixed seed
+        torch.manual_seed(FALLBACK_SEED)
     device, dtype = model.device, model.dtype
     for batch in _batches(utterances, batch_size):
         if device.type == "cuda":
@@ -246,15 +259,18 @@ def transcribe(
     batch_size: int = 8,
     language: Optional[str] = "en",
     generate_kwargs: Optional[dict] = None,
+    fallback: bool = False,
 ) -> List[str]:
     """Transcribe `utterances` (16 kHz `Utterance`s) in batches with greedy decoding; one text per utterance.
 
     English-only models get no language/task; multilingual ones get `language` (None: detect) and
     task "transcribe". `generate_kwargs` are passed to `model.generate` and override the defaults.
-    Audio longer than 30 s is decoded with Whisper's long-form (sequential) algorithm.
+    Audio longer than 30 s is decoded with Whisper's long-form (sequential) algorithm. `fallback=True` adds
+    Whisper's temperature fallback (FALLBACK), a decoding safeguard to report beside greedy, not instead of it.
     """
     texts = []
-    for _, batch_texts, _ in transcribe_batches(model, processor, utterances, batch_size, language, generate_kwargs):
+    for _, batch_texts, _ in transcribe_batches(model, processor, utterances, batch_size, language, generate_kwargs,
+                                                fallback):
         texts.extend(batch_texts)
     return texts
 
@@ -327,6 +343,7 @@ def evaluate_dataset(
     language: Optional[str] = "en",
     generate_kwargs: Optional[dict] = None,
     progress: bool = True,
+    fallback: bool = False,
 ) -> dict:
     """WER, RTFx and counts for one data source; `transcripts` lists (name, reference, hypothesis)."""
     from tqdm.auto import tqdm
@@ -348,7 +365,8 @@ def evaluate_dataset(
     audio_seconds = wall_seconds = 0.0
     try:
         stream = scorable(iter_utterances(source, limit=limit))
-        for batch, texts, seconds in transcribe_batches(model, processor, stream, batch_size, language, generate_kwargs):
+        for batch, texts, seconds in transcribe_batches(model, processor, stream, batch_size, language, generate_kwargs,
+                                                        fallback):
             references += [utterance.text for utterance in batch]
             names += [utterance.name for utterance in batch]
             hypotheses += texts
@@ -391,20 +409,23 @@ def evaluate(
     keep_transcripts: bool = False,
     model=None,
     processor=None,
+    fallback: bool = False,
 ) -> dict:
     """Evaluate one model on each data source; returns the results schema (see the module docstring).
 
     `model_id_or_path`: a Whisper or LiteWhisper folder or Hub id (pass `model` and `processor` too to reuse
     ones already loaded; the id is then only recorded). `data_sources`: local audiofolders, `hf://` datasets
     or `open-asr-leaderboard`. `limit`: at most this many utterances read per source. With
-    `keep_transcripts`, each set's entry keeps its (name, reference, hypothesis) list.
+    `keep_transcripts`, each set's entry keeps its (name, reference, hypothesis) list. `fallback=True` decodes
+    with Whisper's temperature fallback (FALLBACK) instead of plain greedy: report it beside a greedy result.
     """
     sources = expand_sources(data_sources)
     if model is None or processor is None:
         model, processor = load_model(model_id_or_path, device=device, dtype=dtype)
     datasets = {}
     for source in sources:
-        result = evaluate_dataset(model, processor, source, limit, batch_size, language, generate_kwargs, progress)
+        result = evaluate_dataset(model, processor, source, limit, batch_size, language, generate_kwargs, progress,
+                                  fallback)
         if not keep_transcripts:
             result.pop("transcripts")
         datasets[_unique_name(source_name(source), datasets)] = result
@@ -416,9 +437,9 @@ def evaluate(
         "datasets": datasets,
         "normalizer": NORMALIZER_NAME,
         "decoding": {
-            key: value for key, value in generation_kwargs(model, language, generate_kwargs).items()
+            key: value for key, value in generation_kwargs(model, language, generate_kwargs, fallback).items()
             if isinstance(value, (str, int, float, bool))
-        },
+        } | ({"fallback": True, "temperature": list(FALLBACK["temperature"])} if fallback else {}),
         "batch_size": batch_size,
         "limit": limit,
         "device": str(model.device),
