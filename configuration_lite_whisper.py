@@ -90,3 +90,25 @@ def validate_low_rank_config(low_rank_config, config: WhisperConfig) -> None:
                     f"min(in, out) = {min(in_features, out_features)} for a {in_features}x{out_features} layer, "
                     "otherwise the layer should stay dense (leave the slot out)"
                 )
+
+
+def _register_whisper_preprocessing() -> None:
+    """LiteWhisper uses Whisper's feature extractor, tokenizer and processor.
+
+    transformers 4.x's ASR pipeline only loads a feature extractor and tokenizer for configs it finds in the
+    Auto mappings; registering our config there makes `pipeline(..., trust_remote_code=True)` work on 4.x as
+    it does on 5.x.
+    """
+    import transformers
+
+    transformers.AutoFeatureExtractor.register(LiteWhisperConfig, transformers.WhisperFeatureExtractor, exist_ok=True)
+    transformers.AutoProcessor.register(LiteWhisperConfig, transformers.WhisperProcessor, exist_ok=True)
+    transformers.AutoTokenizer.register(
+        LiteWhisperConfig,
+        slow_tokenizer_class=transformers.WhisperTokenizer,
+        fast_tokenizer_class=getattr(transformers, "WhisperTokenizerFast", None),
+        exist_ok=True,
+    )
+
+
+_register_whisper_preprocessing()

@@ -666,8 +666,9 @@ def write_whisper_folder(imported: ImportedWhisper, folder: Path) -> None:
     weights = folder / "model.safetensors"
     save_file(imported.state, str(weights), metadata={"format": "pt"})
     os.chmod(weights, (folder / "config.json").stat().st_mode)  # safetensors creates it owner-only
-    imported.processor.save_pretrained(folder)  # tokenizer.json, tokenizer_config.json, processor_config.json
-    imported.processor.feature_extractor.save_pretrained(folder)  # preprocessor_config.json, for older loaders
+    # The classic layout (no processor_config.json, whose transformers-5 form 4.x cannot read): both load it.
+    imported.processor.tokenizer.save_pretrained(folder)  # tokenizer.json, tokenizer_config.json
+    imported.processor.feature_extractor.save_pretrained(folder)  # preprocessor_config.json
     tokenizer = imported.processor.tokenizer
     tokenizer.save_vocabulary(str(folder))  # vocab.json, merges.txt, normalizer.json (the spelling map)
     # The legacy files older transformers versions wrote beside tokenizer.json.
@@ -677,6 +678,16 @@ def write_whisper_folder(imported: ImportedWhisper, folder: Path) -> None:
     base_size = tokenizer.backend_tokenizer.get_vocab_size(with_added_tokens=False)
     _write_json(folder / "added_tokens.json",
                 {token: index for token, index in tokenizer.get_added_vocab().items() if index >= base_size})
+    _make_tokenizer_config_readable_by_transformers_4(folder / "tokenizer_config.json")
+
+
+def _make_tokenizer_config_readable_by_transformers_4(path: Path) -> None:
+    """transformers 5 writes the special tokens as a list under `extra_special_tokens`, which 4.x reads as a
+    dict and fails on; `additional_special_tokens` means the same to both."""
+    config = json.loads(path.read_text())
+    if isinstance(config.get("extra_special_tokens"), list):
+        config["additional_special_tokens"] = config.pop("extra_special_tokens")
+        _write_json(path, config)
 
 
 def _write_json(path: Path, data) -> None:

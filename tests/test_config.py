@@ -53,3 +53,14 @@ def test_invalid_rank_tables_raise_a_named_error(low_rank_config, message):
     with pytest.raises(LowRankConfigError) as error:
         LiteWhisperConfig(low_rank_config=low_rank_config, **TINY_WHISPER)
     assert message in str(error.value)
+
+
+def test_whisper_preprocessing_is_registered_for_the_auto_classes():
+    """transformers 4.x's ASR pipeline only loads a feature extractor and tokenizer for registered configs."""
+    from transformers import WhisperFeatureExtractor, WhisperTokenizer
+    from transformers.models.auto.feature_extraction_auto import FEATURE_EXTRACTOR_MAPPING
+    from transformers.models.auto.tokenization_auto import TOKENIZER_MAPPING
+
+    assert FEATURE_EXTRACTOR_MAPPING[LiteWhisperConfig] is WhisperFeatureExtractor
+    tokenizers = TOKENIZER_MAPPING[LiteWhisperConfig]  # a class in 5.x, a (slow, fast) pair in 4.x
+    assert tokenizers is WhisperTokenizer or WhisperTokenizer in tokenizers

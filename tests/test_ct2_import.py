@@ -446,3 +446,15 @@ def test_cli_reports_named_errors(tmp_path, capsys):
     assert main(["import-ct2", str(tmp_path / "empty"), "--out", str(tmp_path / "out")]) == 2
     assert "holds no model.bin" in capsys.readouterr().err
     assert_nothing_left(tmp_path / "out")
+
+
+def test_imported_folder_uses_the_layout_transformers_4_reads(tiny_en_dir):
+    """No processor_config.json (its transformers-5 form breaks 4.x) and special tokens as a plain list."""
+    import json as _json
+    from pathlib import Path as _Path
+
+    folder = _Path(tiny_en_dir)
+    assert not (folder / "processor_config.json").exists() and (folder / "preprocessor_config.json").is_file()
+    tokenizer_config = _json.loads((folder / "tokenizer_config.json").read_text())
+    assert not isinstance(tokenizer_config.get("extra_special_tokens"), list)
+    assert "<|startoftranscript|>" in tokenizer_config["additional_special_tokens"]
