@@ -88,7 +88,9 @@ class Stats:
     """Calibration statistics of one model's encoder linears, plus what they were computed from.
 
     `explained_variance[(layer, slot)]` [out] is filled by `decomposition.attach_explained_variance`: entry k-1 is
-    the fraction of the centred output variance that the top-k principal directions keep.
+    the fraction of the centred output variance that the top-k principal directions keep. `sensitivity` (one
+    float per slot) and `sensitivity_probe` (what it was measured on) are filled by `sensitivity.py`. Both are
+    derived from the sums and the model, and are saved with them so that every preset comes from one file.
     """
 
     identity: dict  # model_identity(): base model name, encoder shapes, encoder weight hash
@@ -97,6 +99,8 @@ class Stats:
     calibration: str  # name of the calibration data
     slots: Dict[SlotKey, SlotStats]
     explained_variance: Dict[SlotKey, torch.Tensor] = field(default_factory=dict)
+    sensitivity: Dict[SlotKey, float] = field(default_factory=dict)
+    sensitivity_probe: dict = field(default_factory=dict)
 
     @property
     def frames_seen(self) -> int:
@@ -319,7 +323,7 @@ def reduce_stats(stats: Stats, all_reduce: Callable[[torch.Tensor], None]) -> St
         slot.count = int(counts[position])
         all_reduce(slot.total)
         all_reduce(slot.outer)
-    stats.explained_variance = {}  # computed from the local sums: no longer valid
+    stats.explained_variance, stats.sensitivity = {}, {}  # derived from the local sums: no longer valid
     return stats
 
 
@@ -344,6 +348,8 @@ def save_stats(stats: Stats, path) -> Path:
         "utterances": stats.utterances,
         "calibration": stats.calibration,
         "counts": {f"{layer_index}.{slot}": sums.count for (layer_index, slot), sums in stats.slots.items()},
+        "sensitivity": {f"{layer_index}.{slot}": value for (layer_index, slot), value in stats.sensitivity.items()},
+        "sensitivity_probe": stats.sensitivity_probe,
     }
     path.parent.mkdir(parents=True, exist_ok=True)
     handle, staging = tempfile.mkstemp(prefix=f".{path.name}.partial-", dir=path.parent)
@@ -376,13 +382,15 @@ def load_stats(path, identity: Optional[dict] = None) -> Stats:
             raise KeyError("format")
     except (KeyError, json.JSONDecodeError):
         raise StatsFileError(f"{path}: not a LiteWhisper calibration statistics file ({STATS_FORMAT})") from None
-    slots, curves = {}, {}
+    slots, curves, sensitivity = {}, {}, {}
     for key_text, count in header["counts"].items():
         layer_text, slot = key_text.split(".")
         key = (int(layer_text), slot)
         slots[key] = SlotStats(count, tensors[f"{key_text}.total"], tensors[f"{key_text}.outer"])
         if f"{key_text}.explained_variance" in tensors:
             curves[key] = tensors[f"{key_text}.explained_variance"]
+        if key_text in header.get("sensitivity", {}):
+            sensitivity[key] = float(header["sensitivity"][key_text])
     stats = Stats(
         identity=header["identity"],
         frames=header["frames"],
@@ -390,6 +398,8 @@ def load_stats(path, identity: Optional[dict] = None) -> Stats:
         calibration=header["calibration"],
         slots={key: slots[key] for key in sorted(slots, key=_slot_order)},
         explained_variance={key: curves[key] for key in sorted(curves, key=_slot_order)},
+        sensitivity={key: sensitivity[key] for key in sorted(sensitivity, key=_slot_order)},
+        sensitivity_probe=header.get("sensitivity_probe", {}),
     )
     if identity is not None:
         check_identity(stats, identity)

@@ -178,6 +178,78 @@ def _run_import_ct2(args) -> int:
 _COMMANDS.append(_add_import_ct2)
 
 
+def _add_compress(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "compress",
+        help="compress a stock Whisper into a LiteWhisper repo (calibrate, choose ranks, decompose, export)",
+        description="Run calibration audio through the stock model, take PCA of each encoder linear's outputs, "
+        "factor the linears into low rank and write a complete LiteWhisper repo, smoke-tested in a fresh process. "
+        "Give exactly one of --preset, --attention-threshold/--mlp-threshold or --target-encoder-params.",
+    )
+    parser.add_argument("model", metavar="MODEL", help="stock Whisper: Hub id or local folder")
+    parser.add_argument("--out", required=True, metavar="DIR", help="output folder (written beside it, then renamed)")
+    parser.add_argument("--preset", choices=("acc", "balanced", "fast"),
+                        help="the family's preset: the official LiteWhisper encoder size (see ranks.PRESETS)")
+    parser.add_argument("--attention-threshold", type=float, metavar="T",
+                        help="threshold policy: explained variance to keep in q/k/v/out_proj (with --mlp-threshold)")
+    parser.add_argument("--mlp-threshold", type=float, metavar="T", help="threshold policy: the same for fc1/fc2")
+    parser.add_argument("--target-encoder-params", metavar="N",
+                        help="land on this encoder size: a count (6480000, 6.48M) or a ratio of the stock encoder (0.85)")
+    parser.add_argument("--policy", choices=("sensitivity", "threshold"), default="sensitivity",
+                        help="how a preset or size target is spent: 'sensitivity' (default) allocates ranks by "
+                        "measured decoder sensitivity, 'threshold' is the original LiteASR explained-variance rule")
+    parser.add_argument("--calibration", metavar="DATA", default=None,
+                        help="audio folder (any sample rate; metadata.csv optional) or hf://OWNER/NAME[:CONFIG]/SPLIT "
+                        "(default: hf://openslr/librispeech_asr:clean/train.100)")
+    parser.add_argument("--num-samples", type=int, default=100, help="calibration clips (default 100)")
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--stats", metavar="FILE",
+                        help="calibration statistics file: reused when it exists, written after calibrating otherwise")
+    parser.add_argument("--frames", choices=("real", "all"),
+                        help="encoder positions to calibrate on: only those covering real audio (default) or all "
+                        "1500 of the padded 30 s window")
+    parser.add_argument("--probe-clips", type=int, default=32,
+                        help="clips for the sensitivity probe (sensitivity policy; default 32)")
+    parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda when available)")
+    parser.add_argument("--dtype", choices=("float32", "float16", "bfloat16"), default=None,
+                        help="calibration compute dtype (default float32 on CPU, float16 on GPU); saved weights are fp16")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--no-smoke-test", action="store_true", help="skip reloading the repo in a fresh process")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+    parser.set_defaults(func=_run_compress)
+
+
+def _run_compress(args) -> int:
+    import torch
+
+    from .audio import DEFAULT_CALIBRATION
+    from .compress import DTYPES, compress
+    from .ranks import RankPolicyError, Thresholds
+
+    if (args.attention_threshold is None) != (args.mlp_threshold is None):
+        raise RankPolicyError("give both --attention-threshold and --mlp-threshold")
+    thresholds = Thresholds(args.attention_threshold, args.mlp_threshold) if args.attention_threshold is not None else None
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    dtype = DTYPES[args.dtype] if args.dtype else (torch.float32 if device == "cpu" else torch.float16)
+    result = compress(
+        args.model, args.out, calibration=args.calibration or DEFAULT_CALIBRATION, preset=args.preset,
+        thresholds=thresholds, target_encoder_params=args.target_encoder_params, policy=args.policy,
+        num_samples=args.num_samples, batch_size=args.batch_size, stats_path=args.stats, frames=args.frames,
+        device=device, dtype=dtype, seed=args.seed, probe_clips=args.probe_clips, smoke_test=not args.no_smoke_test,
+        overwrite=args.overwrite, progress=not args.no_progress,
+    )
+    print(f"encoder parameters: {result.stock_encoder_params / 1e6:.2f}M -> {result.encoder_params / 1e6:.2f}M "
+          f"({result.rank_policy['policy']} policy)")
+    if result.smoke is not None:
+        print(f"smoke test on {result.smoke.clip}:\n  stock: {result.smoke.stock_text}\n  lite:  {result.smoke.lite_text}")
+    print(f"wrote {result.out_dir}")
+    return 0
+
+
+_COMMANDS.append(_add_compress)
+
+
 def main(argv=None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)

@@ -39,3 +39,33 @@ def write_clips(folder, count: int, seed: int = 0) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     for utterance in clips(count, seed):
         soundfile.write(folder / utterance.name, utterance.audio, SAMPLING_RATE)
+
+
+def tiny_tokenizer(folder):
+    """A 100-token Whisper tokenizer (printable ASCII and the special tokens) for the tiny random models."""
+    import json
+
+    from transformers import WhisperTokenizer
+
+    specials = ["<|endoftext|>", "<|startoftranscript|>", "<|en|>", "<|transcribe|>", "<|notimestamps|>", "<|nospeech|>"]
+    ordinary = [chr(code) for code in range(33, 127)][: ONE_SECOND_WHISPER["vocab_size"] - len(specials)]
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "vocab.json").write_text(json.dumps({token: index for index, token in enumerate(ordinary + specials)}))
+    (folder / "merges.txt").write_text("#version: 0.2\n")
+    end = "<|endoftext|>"
+    return WhisperTokenizer(str(folder / "vocab.json"), str(folder / "merges.txt"), unk_token=end, bos_token=end,
+                            eos_token=end, pad_token=end)
+
+
+def write_tiny_base(folder, seed: int = 0):
+    """A complete stock-Whisper folder (weights, generation config, feature extractor, tokenizer) of a tiny
+    random model: what `compress` reads as MODEL in the fast tests. Returns the model."""
+    from transformers import GenerationConfig, WhisperProcessor
+
+    model = tiny_model(seed)
+    model.generation_config = GenerationConfig.from_model_config(model.config)
+    model.save_pretrained(folder)
+    processor = WhisperProcessor(tiny_feature_extractor(), tiny_tokenizer(folder / "tokenizer-sources"))
+    processor.save_pretrained(folder)
+    processor.feature_extractor.save_pretrained(folder)
+    return model

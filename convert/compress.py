@@ -1,0 +1,213 @@
+"""Compress a stock Whisper into a LiteWhisper repo: the whole pipeline, one function per stage.
+
+    compress("openai/whisper-base", "lite-whisper-base-fast", preset="fast")     # calibration data from the Hub
+    compress("whisper-tiny.en/", "out/", preset="acc", calibration="clips/", stats_path="tiny.stats")
+
+Stages (each a function the tests call directly):
+
+    load_base         stock model + feature extractor
+    prepare_stats     calibration sums (or a stats file), spectra, explained variance, sensitivities  [stats file]
+    plan_ranks        (ranks.py) low_rank_config for a preset, thresholds or a size target
+    decompose         (decomposition.py) the LiteWhisper in memory
+    recover           optional: any callable model -> model (e.g. a later fine-tuning step)
+    export            (export.py) the repo folder, smoke-tested in a fresh process, renamed into place
+
+The stats file is the expensive artefact: given `stats_path`, it is written after the first run and reused by
+later ones (every preset of a model from one calibration run); everything after it is cheap.
+
+Reproducibility: the same inputs and seed give byte-identical safetensors. The calibration clips are the first
+`num_samples` of the source in its stable order; `seed` seeds torch and numpy for any stochastic step (none of
+the current stages draws random numbers; a recovery step would).
+"""
+
+import dataclasses
+import logging
+import random
+from dataclasses import dataclass
+from itertools import islice
+from pathlib import Path
+from typing import Callable, List, Optional
+
+import numpy as np
+import torch
+
+from .audio import DEFAULT_CALIBRATION, iter_utterances, source_name
+from .calibration import (
+    DEFAULT_FRAMES,
+    Stats,
+    StatsMismatchError,
+    collect_stats,
+    load_stats,
+    model_identity,
+    save_stats,
+)
+from .decomposition import attach_explained_variance, decompose, spectra
+from .export import Recipe, SmokeResult, check_output, export
+from .measures import encoder_parameters
+from .ranks import DEFAULT_POLICY, Thresholds, plan_ranks
+from .sensitivity import DEFAULT_LEVEL, DEFAULT_PROBE_CLIPS, measure_sensitivity, probe_description, probe_set
+
+logger = logging.getLogger(__name__)
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+@dataclass
+class CompressResult:
+    out_dir: Path
+    low_rank_config: List[dict]
+    rank_policy: dict  # what plan_ranks resolved (policy, preset, thresholds, target, encoder_params)
+    encoder_params: int
+    stock_encoder_params: int
+    smoke: Optional[SmokeResult]
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def load_base(model_id_or_path: str, device: str = "cpu", dtype: torch.dtype = torch.float32):
+    """(stock WhisperForConditionalGeneration in eval mode, its WhisperFeatureExtractor)."""
+    from transformers import WhisperFeatureExtractor, WhisperForConditionalGeneration
+
+    model = WhisperForConditionalGeneration.from_pretrained(str(model_id_or_path), dtype=dtype)
+    model = model.to(device).eval()
+    return model, WhisperFeatureExtractor.from_pretrained(str(model_id_or_path))
+
+
+class _FirstClips:
+    """Pass utterances through, keeping the first `count` (for the sensitivity probe and the smoke test)."""
+
+    def __init__(self, utterances, count: int):
+        self.utterances, self.count, self.kept = utterances, count, []
+
+    def __iter__(self):
+        for utterance in self.utterances:
+            if len(self.kept) < self.count:
+                self.kept.append(utterance)
+            yield utterance
+
+
+def first_clips(calibration: str, count: int) -> list:
+    """The first `count` clips of a calibration source."""
+    return list(islice(iter_utterances(calibration), count))
+
+
+def prepare_stats(
+    model,
+    feature_extractor,
+    calibration: str = DEFAULT_CALIBRATION,
+    num_samples: int = 100,
+    batch_size: int = 8,
+    frames: Optional[str] = None,
+    stats_path=None,
+    name: Optional[str] = None,
+    sensitivity: bool = True,
+    probe_clips: int = DEFAULT_PROBE_CLIPS,
+    probe_level: float = DEFAULT_LEVEL,
+    progress: bool = True,
+):
+    """(Stats with explained-variance curves and, if `sensitivity`, sensitivities; spectra by slot; kept clips).
+
+    With an existing `stats_path` the sums come from that file (a file from another model raises
+    StatsMismatchError); otherwise calibration runs on the first `num_samples` clips of `calibration`. Anything
+    derived that the file lacks is computed and the file is rewritten; a new file is written only when complete.
+    """
+    identity = model_identity(model, name)
+    stats_path = Path(stats_path) if stats_path is not None else None
+    clips = _FirstClips([], 0)
+    if stats_path is not None and stats_path.exists():
+        stats = load_stats(stats_path, identity)
+        if frames is not None and frames != stats.frames:
+            raise StatsMismatchError(
+                f"{stats_path} holds statistics over {stats.frames!r} frames but {frames!r} was asked for; "
+                "drop --frames or use another --stats file"
+            )
+        logger.info("reusing calibration statistics from %s (%d clips of %s)", stats_path, stats.utterances,
+                    stats.calibration)
+        changed = False
+    else:
+        clips = _FirstClips(iter_utterances(calibration, limit=num_samples), max(probe_clips, 1))
+        stats = collect_stats(model, feature_extractor, clips, batch_size=batch_size, frames=frames or DEFAULT_FRAMES,
+                              progress=progress, total=num_samples, name=name, calibration=source_name(calibration))
+        changed = True
+    device = next(model.parameters()).device
+    by_slot = spectra(stats, model.config, device=device if device.type == "cuda" else None, progress=progress)
+    if not stats.explained_variance:
+        attach_explained_variance(stats, by_slot)
+        changed = True
+    if sensitivity and not stats.sensitivity:
+        probe_audio = clips.kept[:probe_clips] or first_clips(calibration, probe_clips)
+        probes = probe_set(model, feature_extractor, probe_audio, batch_size=batch_size)
+        stats.sensitivity = measure_sensitivity(model, probes, by_slot, level=probe_level, progress=progress)
+        stats.sensitivity_probe = probe_description(probes, probe_level, source_name(calibration))
+        changed = True
+    if stats_path is not None and changed:
+        save_stats(stats, stats_path)
+    return stats, by_slot, clips.kept
+
+
+def compress(
+    model: str,
+    out_dir,
+    calibration: str = DEFAULT_CALIBRATION,
+    preset: Optional[str] = None,
+    thresholds: Optional[Thresholds] = None,
+    target_encoder_params=None,
+    policy: str = DEFAULT_POLICY,
+    num_samples: int = 100,
+    batch_size: int = 8,
+    stats_path=None,
+    frames: Optional[str] = None,
+    device: str = "cpu",
+    dtype: torch.dtype = torch.float32,
+    seed: int = 0,
+    probe_clips: int = DEFAULT_PROBE_CLIPS,
+    smoke_test: bool = True,
+    overwrite: bool = False,
+    progress: bool = True,
+    recover: Optional[Callable] = None,
+) -> CompressResult:
+    """Stock Whisper (`model`: Hub id or folder) -> LiteWhisper repo at `out_dir`.
+
+    Exactly one of `preset` ("acc" | "balanced" | "fast"), `thresholds` or `target_encoder_params` (a count, or
+    a ratio of the stock encoder) chooses the ranks, with `policy` "sensitivity" (default) or "threshold".
+    `dtype` is the calibration compute dtype; the repo is saved in float16. `recover`, when given, receives the
+    decomposed LiteWhisper and returns the model to export.
+    """
+    out_dir = check_output(out_dir, overwrite)
+    seed_everything(seed)
+    base, feature_extractor = load_base(model, device, dtype)
+    stats, by_slot, kept = prepare_stats(
+        base, feature_extractor, calibration, num_samples, batch_size, frames, stats_path, name=str(model),
+        sensitivity=policy == "sensitivity" and thresholds is None, probe_clips=probe_clips, progress=progress,
+    )
+    stats = dataclasses.replace(stats, slots={})  # the float64 sums are no longer needed: free them
+    low_rank_config, rank_policy = plan_ranks(stats, base.config, preset, thresholds, target_encoder_params, policy)
+    lite = decompose(base, by_slot, low_rank_config, progress=progress)
+    del by_slot
+    if recover is not None:
+        lite = recover(lite)
+    recipe = Recipe(
+        base_model=str(model),
+        calibration=stats.calibration,
+        num_utterances=stats.utterances,
+        frames=stats.frames,
+        rank_policy=rank_policy,
+        seed=seed,
+        calibration_dtype=str(dtype).removeprefix("torch."),
+    )
+    smoke_clip = None
+    if smoke_test:
+        smoke_clip = kept[0] if kept else first_clips(calibration, 1)[0]
+    out_dir, smoke = export(lite.to("cpu"), out_dir, str(model), recipe, base_config=base.config, smoke_clip=smoke_clip,
+                            overwrite=overwrite)
+    return CompressResult(
+        out_dir=out_dir,
+        low_rank_config=low_rank_config,
+        rank_policy=rank_policy,
+        encoder_params=rank_policy["encoder_params"],
+        stock_encoder_params=int(encoder_parameters(base.config)),
+        smoke=smoke,
+    )

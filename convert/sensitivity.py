@@ -1,0 +1,142 @@
+"""Sensitivity: what a low-rank error in each encoder linear costs the decoder, measured without labels.
+
+Explained variance says how much of a linear's OUTPUT a rank keeps, not how much that matters downstream. On
+real tiny.en the two disagree by orders of magnitude: at the same 99% explained variance, cutting layer 0's
+out_proj moves the decoder's predictions ~500 times more than cutting layer 2's q_proj (see README, "Rank
+allocation"). So we measure it.
+
+Probe set: a few calibration clips and the stock model's own greedy transcripts of them (pseudo-labels: no
+references needed). For a model M, the probe loss is the mean over transcript tokens of
+KL(stock ‖ M) between next-token distributions, teacher-forced on the stock transcripts.
+
+Sensitivity of a slot s: factor only s, at the smallest multiple-of-16 rank r whose explained variance reaches
+`level`, and divide the probe loss by the fraction of variance discarded:
+
+    sensitivity[s] = KL(stock ‖ stock with s at rank r) / (1 − explained_variance_s(r))
+
+`ranks.ranks_for_budget` then models the cost of any rank as sensitivity[s] · (1 − explained_variance_s(r)) and
+spends a parameter budget where it costs least. One probe per slot: 24 for tiny, 36 for base, 192 for large-v3.
+"""
+
+from dataclasses import dataclass
+from typing import Dict, Iterable, List, Optional
+
+import torch
+
+from configuration_lite_whisper import slot_shape
+
+from .calibration import SlotKey
+from .decomposition import Spectrum, decompose, useful_rank_limit
+from .ranks import RANK_MULTIPLE
+
+DEFAULT_PROBE_CLIPS = 32
+DEFAULT_LEVEL = 0.99  # explained variance at which each slot is probed
+MAX_NEW_TOKENS = 128
+
+
+@dataclass
+class ProbeSet:
+    """Probe clips with the stock model's transcripts and next-token log-probabilities."""
+
+    features: torch.Tensor  # [clips, mels, frames]
+    decoder_ids: torch.Tensor  # [clips, T]: decoder prompt + stock greedy transcript (+ padding)
+    mask: torch.Tensor  # [clips, T-1] bool: positions whose next token is part of the transcript (eos included)
+    reference: torch.Tensor  # [tokens, vocab] float32: the stock model's log-probs at the masked positions
+    batch_size: int
+
+    @property
+    def tokens(self) -> int:
+        return int(self.mask.sum())
+
+
+def _generate_kwargs(model) -> dict:
+    kwargs = dict(max_new_tokens=min(MAX_NEW_TOKENS, model.config.max_target_positions // 2), num_beams=1, do_sample=False)
+    if getattr(model.generation_config, "is_multilingual", False):
+        kwargs["task"] = "transcribe"  # the language is detected, as for any unlabelled audio
+    return kwargs
+
+
+def _log_probs(model, probes_features, decoder_ids, mask, batch_size: int) -> torch.Tensor:
+    """Teacher-forced next-token log-probs [tokens, vocab] at the masked positions."""
+    parameter = next(model.parameters())
+    chunks = []
+    with torch.inference_mode():
+        for start in range(0, decoder_ids.shape[0], batch_size):
+            stop = start + batch_size
+            features = probes_features[start:stop].to(device=parameter.device, dtype=parameter.dtype)
+            ids = decoder_ids[start:stop, :-1].to(parameter.device)
+            logits = model(input_features=features, decoder_input_ids=ids).logits  # [b, T-1, vocab]
+            chunks.append(torch.log_softmax(logits.float(), dim=-1)[mask[start:stop].to(parameter.device)].cpu())
+    return torch.cat(chunks)
+
+
+def probe_set(model, feature_extractor, clips: Iterable, batch_size: int = 8) -> ProbeSet:
+    """Transcribe `clips` (audio.Utterance) greedily with the stock `model` and keep its predictions."""
+    audios = [clip.audio for clip in clips]
+    if not audios:
+        raise ValueError("a sensitivity probe needs at least one clip")
+    features = feature_extractor(audios, sampling_rate=feature_extractor.sampling_rate, return_tensors="pt").input_features
+    parameter = next(model.parameters())
+    transcripts = []
+    with torch.inference_mode():
+        for start in range(0, len(audios), batch_size):
+            batch = features[start : start + batch_size].to(device=parameter.device, dtype=parameter.dtype)
+            transcripts.append(model.generate(batch, **_generate_kwargs(model)).cpu())
+    width = max(ids.shape[1] for ids in transcripts)
+    eos = model.generation_config.eos_token_id
+    eos = eos[0] if isinstance(eos, (list, tuple)) else eos
+    decoder_ids = torch.cat([torch.nn.functional.pad(ids, (0, width - ids.shape[1]), value=eos) for ids in transcripts])
+    # Token t+1 is predicted at position t; keep positions up to and including the first eos.
+    after_first_eos = (decoder_ids[:, 1:] == eos).cumsum(dim=1) - (decoder_ids[:, 1:] == eos).int() > 0
+    mask = ~after_first_eos  # [clips, T-1]
+    reference = _log_probs(model, features, decoder_ids, mask, batch_size)
+    return ProbeSet(features, decoder_ids, mask, reference, batch_size)
+
+
+def probe_loss(model, probes: ProbeSet) -> float:
+    """Mean KL(stock ‖ model) per transcript token, teacher-forced on the stock transcripts."""
+    log_probs = _log_probs(model, probes.features, probes.decoder_ids, probes.mask, probes.batch_size)
+    return float((probes.reference.exp() * (probes.reference - log_probs)).sum(dim=-1).mean())
+
+
+def probe_rank(curve: torch.Tensor, level: float, in_features: int, out_features: int) -> Optional[int]:
+    """The smallest multiple of 16 whose explained variance reaches `level`, at most the largest multiple of 16
+    that saves parameters; None when no rank saves parameters (the slot always stays dense)."""
+    largest = useful_rank_limit(in_features, out_features) // RANK_MULTIPLE * RANK_MULTIPLE
+    if largest < RANK_MULTIPLE:
+        return None
+    reached = int((curve < level).sum()) + 1  # first rank with curve[rank-1] >= level
+    return max(RANK_MULTIPLE, min(-(-reached // RANK_MULTIPLE) * RANK_MULTIPLE, largest))
+
+
+def measure_sensitivity(
+    model,
+    probes: ProbeSet,
+    spectra_by_slot: Dict[SlotKey, Spectrum],
+    level: float = DEFAULT_LEVEL,
+    progress: bool = False,
+) -> Dict[SlotKey, float]:
+    """sensitivity[slot]: probe loss per unit of discarded explained variance, one slot factored at a time."""
+    from tqdm.auto import tqdm
+
+    config = model.config
+    sensitivity = {}
+    for key, spectrum_ in tqdm(spectra_by_slot.items(), desc="sensitivity", unit="linear", disable=not progress):
+        layer_index, slot = key
+        curve = spectrum_.explained_variance
+        rank = probe_rank(curve, level, *slot_shape(config, slot))
+        if rank is None:
+            sensitivity[key] = 0.0
+            continue
+        low_rank_config: List[dict] = [{} for _ in range(config.encoder_layers)]
+        low_rank_config[layer_index][slot] = rank
+        discarded = 1.0 - float(curve[rank - 1])
+        loss = probe_loss(decompose(model, spectra_by_slot, low_rank_config), probes)
+        sensitivity[key] = loss / discarded if discarded > 0 else 0.0
+    return sensitivity
+
+
+def probe_description(probes: ProbeSet, level: float, clips_source: Optional[str] = None) -> dict:
+    """What the sensitivities were measured on: recorded with them in the stats file and README."""
+    return {"clips": int(probes.features.shape[0]), "tokens": probes.tokens, "level": level,
+            "source": clips_source or ""}
