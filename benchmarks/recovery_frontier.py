@@ -54,7 +54,65 @@ def ranks_for_target(curves, config, target: float, iterations: int = 30):
     return best
 
 
+def report(paths, plot_path=None) -> str:
+    """A markdown table (and optionally a Pareto plot) from results files written by this script."""
+    lines = ["| model | encoder params | ×stock | stock WER | recipe-only WER (Δ) | recovered WER (Δ) | "
+             "held-out error recipe → recovered | recovery s | peak RSS MB |", "|---" * 9 + "|"]
+    figures = []
+    for path in paths:
+        results = json.loads(Path(path).read_text())
+        stock_wer = results.get("stock_wer")
+        name = Path(results["model"]).name
+        rows = sorted(results["rows"], key=lambda row: -row["encoder_params"])
+        for row in rows:
+            def cell(key):
+                value = row.get(key)
+                if value is None:
+                    return "—"
+                return f"{value:.2f} ({value - stock_wer:+.2f})" if stock_wer is not None else f"{value:.2f}"
+            report_ = row.get("report", {})
+            lines.append(
+                f"| {name} | {row['encoder_params'] / 1e6:.2f}M | {row['ratio']:.2f} | "
+                f"{stock_wer if stock_wer is None else f'{stock_wer:.2f}'} | {cell('recipe_wer')} | "
+                f"{cell('recovered_wer')} | {report_.get('holdout_error_before', float('nan')):.4f} → "
+                f"{report_.get('holdout_error_after', float('nan')):.4f} | {row.get('recover_seconds', 0):.0f} | "
+                f"{row.get('peak_rss_mb', 0):.0f} |"
+            )
+        figures.append((name, results, rows))
+    if plot_path:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        figure, axes = plt.subplots(1, len(figures), figsize=(5.5 * len(figures), 4), squeeze=False)
+        for axis, (name, results, rows) in zip(axes[0], figures):
+            if results.get("stock_wer") is not None:
+                axis.scatter([results["stock_encoder_params"] / 1e6], [results["stock_wer"]], marker="*", s=120,
+                             color="black", label="stock", zorder=3)
+            for key, label, style in (("recipe_wer", "LiteASR recipe only", "o--"),
+                                      ("recovered_wer", "recovered (refit)", "s-")):
+                points = [(row["encoder_params"] / 1e6, row[key]) for row in rows if row.get(key) is not None]
+                if points:
+                    axis.plot(*zip(*points), style, label=label)
+            axis.set_title(f"{name}: greedy WER, {Path(results['eval']).name}")
+            axis.set_xlabel("encoder parameters (M)")
+            axis.set_ylabel("WER (%)")
+            axis.grid(alpha=0.3)
+            axis.legend()
+        figure.tight_layout()
+        Path(plot_path).parent.mkdir(parents=True, exist_ok=True)
+        figure.savefig(plot_path, dpi=120)
+    return "\n".join(lines)
+
+
 def main(argv=None) -> int:
+    if argv is None and sys.argv[1:2] == ["report"]:  # recovery_frontier.py report RESULTS.json... [--plot PNG]
+        arguments = sys.argv[2:]
+        plot = arguments[arguments.index("--plot") + 1] if "--plot" in arguments else None
+        paths = [a for i, a in enumerate(arguments) if a != "--plot" and (i == 0 or arguments[i - 1] != "--plot")]
+        print(report(paths, plot))
+        return 0
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", required=True)
     parser.add_argument("--stats", required=True)

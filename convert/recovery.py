@@ -326,6 +326,9 @@ def distill(
         raise RecoveryError(f"recovery trains in float32; the compressed model is in {dtype}")
     multi = processes is not None and processes.count > 1
     chosen = trainable_parameters(lite, settings.train_layer_norms)
+    with torch.no_grad():  # decompose shares the untouched tensors (layer norms) with the stock model: unshare
+        for parameter in chosen.values():
+            parameter.data = parameter.data.clone()
     frozen = []
     for parameter in lite_encoder.parameters():
         if parameter.requires_grad and not any(parameter is value for value in chosen.values()):

@@ -78,6 +78,18 @@ def test_distillation_lowers_the_held_out_error_and_trains_only_factors_biases_a
     assert flags == [parameter.requires_grad for parameter in list(lite.parameters()) + list(stock.parameters())]
 
 
+def test_training_the_layer_norms_leaves_the_teacher_alone():
+    stock, lite, extractor, calibration = compressed()  # decompose shares the layer norms with the stock model
+    stock_state = state_of(stock)
+    report = recover(lite, stock, extractor, calibration, RecoverySettings(steps=5, refit=False, holdout=0,
+                     learning_rate=1e-2), progress=False)
+    assert report.best_step == 5  # no held-out clips: the last state is kept
+    moved = lite.model.encoder.layers[0].final_layer_norm.weight
+    assert not torch.equal(moved, stock_state["model.encoder.layers.0.final_layer_norm.weight"])
+    for name, tensor in stock.state_dict().items():
+        torch.testing.assert_close(tensor, stock_state[name], atol=0, rtol=0)
+
+
 def test_recovery_is_deterministic_with_a_seed():
     results = []
     for _ in range(2):
