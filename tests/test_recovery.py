@@ -129,3 +129,30 @@ def test_trainable_parameters_are_the_factors_and_norms():
 def test_split_keeps_at_least_half_for_training():
     assert split_clips(list(range(10)), 3) == (list(range(7)), [7, 8, 9])
     assert split_clips(list(range(10)), 50) == (list(range(5)), list(range(5, 10)))
+
+
+def test_presets_and_flags_resolve_to_settings():
+    from lite_whisper_convert.recovery import RecoveryError, resolve_recovery
+
+    assert resolve_recovery("acc") is None  # the paper's recipe
+    fast = resolve_recovery("fast")
+    assert fast.refit and fast.steps == 0
+    assert resolve_recovery("fast", steps=0) is None  # --recover-steps 0: the paper's recipe
+    distill = resolve_recovery(None, steps=50, holdout=10)
+    assert distill.refit and distill.steps == 50 and distill.holdout == 10
+    assert resolve_recovery("acc", mode="refit").refit
+    with pytest.raises(RecoveryError):
+        resolve_recovery("fast", steps=-1)
+    with pytest.raises(RecoveryError):
+        resolve_recovery("fast", mode="magic")
+
+
+def test_the_recipe_records_how_a_model_was_recovered():
+    from lite_whisper_convert.recovery import RecoveryReport, recovery_recipe
+
+    assert recovery_recipe(None)["method"] == "none"
+    report = RecoveryReport(RecoverySettings(steps=0).as_dict(), train_clips=168, holdout_clips=32,
+                            holdout_error_before=0.2, holdout_error_after_refit=0.05, holdout_error_after=0.05)
+    entry = recovery_recipe(report, "librispeech-train-clean-100-calib")
+    assert entry["method"] == "least-squares refit" and entry["refit_clips"] == 64 and not entry["labels_used"]
+    assert entry["holdout_relative_error"] == {"before": 0.2, "after_refit": 0.05, "after": 0.05}
