@@ -31,16 +31,10 @@ PRESET_SUFFIX = re.compile(r"-(acc|balanced|fast)$")
 TAGS = ["audio", "automatic-speech-recognition", "whisper", "lite-whisper", "low-rank", "compression"]
 SLOTS = ("q_proj", "k_proj", "v_proj", "out_proj", "fc1", "fc2")
 
-# The shared local evaluation sets: what they are a part of, for the model-index.
+# The shared local evaluation sets: which Hub dataset and split they are drawn from, for the model-index.
 KNOWN_SETS = {
-    "librispeech-test-other-60": dict(
-        dataset_type="openslr/librispeech_asr", dataset_config="other", dataset_split="test",
-        dataset_name="LibriSpeech test-other (60-utterance subset)",
-    ),
-    "librispeech-test-clean-mini": dict(
-        dataset_type="openslr/librispeech_asr", dataset_config="clean", dataset_split="test",
-        dataset_name="LibriSpeech test-clean (4-utterance subset)",
-    ),
+    "librispeech-test-other-60": ("openslr/librispeech_asr", "other", "test", "LibriSpeech test-other"),
+    "librispeech-test-clean-mini": ("openslr/librispeech_asr", "clean", "test", "LibriSpeech test-clean"),
 }
 # Hub datasets whose split names follow a convention we can state in words.
 HUB_NAMES = {
@@ -149,16 +143,22 @@ def select_results(results: List[ModelResult], model_dir: Path):
 
 
 def dataset_metadata(name: str, result: dict) -> dict:
-    """EvalResult dataset fields for one evaluated set: a known shared set, a Hub dataset or a local folder."""
+    """EvalResult dataset fields for one evaluated set: a known shared set, a Hub dataset or a local folder.
+
+    The name says how many utterances were scored, so a subset is never mistaken for the full split.
+    """
+    count = result.get("num_utterances")
     if name in KNOWN_SETS:
-        return dict(KNOWN_SETS[name])
+        path, config, split, label = KNOWN_SETS[name]
+        return dict(dataset_type=path, dataset_config=config, dataset_split=split,
+                    dataset_name=f"{label} ({count}-utterance subset)")
     source = result.get("source", "")
     if source.startswith("hf://"):
         path, config, split = parse_hub_spec(source)
         label = HUB_NAMES.get(path, path.split("/")[-1])
         return dict(dataset_type=path, dataset_config=config, dataset_split=split,
-                    dataset_name=f"{label} {config + ' ' if config else ''}{split}")
-    return dict(dataset_type=name, dataset_name=name, dataset_split="test")
+                    dataset_name=f"{label} {config + ' ' if config else ''}{split} ({count} utterances)")
+    return dict(dataset_type=name, dataset_name=f"{name} ({count} utterances)", dataset_split="test")
 
 
 def eval_results(result: ModelResult):

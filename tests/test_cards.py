@@ -66,6 +66,7 @@ def test_card_metadata_parses_with_eval_results(card, family):
     assert result.metric_type == "wer" and result.metric_value == pytest.approx(expected, abs=0.005)
     assert result.task_type == "automatic-speech-recognition"
     assert (result.dataset_type, result.dataset_config, result.dataset_split) == ("openslr/librispeech_asr", "clean", "test")
+    assert result.dataset_name == "LibriSpeech test-clean (2-utterance subset)"  # says what was scored (--limit 2)
 
 
 def test_card_compares_with_the_stock_model_and_other_presets(card, family):
