@@ -116,6 +116,18 @@ def recipe_summary(config, base_config, recipe: Recipe) -> dict:
     }
 
 
+def recovery_line(recovery: Optional[dict]) -> str:
+    """One README line saying whether and how the compressed encoder was recovered (recovery.recovery_recipe)."""
+    if not recovery or recovery.get("method", "none") == "none":
+        return "none (LiteASR recipe only)"
+    errors = recovery.get("holdout_relative_error", {})
+    before, after = errors.get("before"), errors.get("after")
+    measured = (f"; held-out relative error of the final encoder states {before:.4f} -> {after:.4f}"
+                if before is not None and after is not None else "")
+    return (f"{recovery['method']} towards the stock encoder on {recovery.get('train_clips')} unlabelled calibration "
+            f"clips ({recovery.get('holdout_clips')} held out), no transcripts{measured}")
+
+
 def readme_text(summary: dict, num_layers: int) -> str:
     """A short README recording how the model was made."""
     policy = summary["rank_policy"]
@@ -144,6 +156,7 @@ def readme_text(summary: dict, num_layers: int) -> str:
         - base model: `{name}`
         - calibration: {summary['num_utterances']} clips of `{summary['calibration']}`, frames: `{summary['frames']}`
         - rank policy: {policy_text}
+        - recovery: {recovery_line(summary.get('extra', {}).get('recovery'))}
         - calibration dtype: {summary['calibration_dtype']}, seed: {summary['seed']}
         - made with lite-whisper {summary['project_version']}
 
