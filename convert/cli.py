@@ -213,6 +213,12 @@ def _add_compress(subparsers) -> None:
     parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda when available)")
     parser.add_argument("--dtype", choices=("float32", "float16", "bfloat16"), default=None,
                         help="calibration compute dtype (default float32 on CPU, float16 on GPU); saved weights are fp16")
+    parser.add_argument("--recovery", choices=("auto", "none", "refit", "distill"), default="auto",
+                        help="label-free recovery towards the stock encoder after the decomposition: 'none' is the "
+                        "paper's recipe, 'refit' a closed-form least-squares refit of each factored linear, 'distill' "
+                        "the refit plus distillation steps; 'auto' (default): none for acc, refit otherwise")
+    parser.add_argument("--recover-steps", type=int, default=None, metavar="N",
+                        help="distillation steps after the refit (0: no recovery at all, the paper's recipe)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--no-smoke-test", action="store_true", help="skip reloading the repo in a fresh process")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
@@ -237,7 +243,8 @@ def _run_compress(args) -> int:
         thresholds=thresholds, target_encoder_params=args.target_encoder_params, policy=args.policy,
         num_samples=args.num_samples, batch_size=args.batch_size, stats_path=args.stats, frames=args.frames,
         device=device, dtype=dtype, seed=args.seed, probe_clips=args.probe_clips, smoke_test=not args.no_smoke_test,
-        overwrite=args.overwrite, progress=not args.no_progress,
+        overwrite=args.overwrite, progress=not args.no_progress, recovery=args.recovery,
+        recover_steps=args.recover_steps,
     )
     print(f"encoder parameters: {result.stock_encoder_params / 1e6:.2f}M -> {result.encoder_params / 1e6:.2f}M "
           f"({result.rank_policy['policy']} policy)")

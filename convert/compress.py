@@ -9,7 +9,8 @@ Stages (each a function the tests call directly):
     prepare_stats     calibration sums (or a stats file), spectra, explained variance, sensitivities  [stats file]
     plan_ranks        (ranks.py) low_rank_config for a preset, thresholds or a size target
     decompose         (decomposition.py) the LiteWhisper in memory
-    recover           optional: any callable model -> model (e.g. a later fine-tuning step)
+    recover           (recovery.py) least-squares refit / distillation towards the stock encoder, no labels;
+                      by preset (acc: none; balanced, fast: refit), `recovery`/`recover_steps`, or any callable
     export            (export.py) the repo folder, smoke-tested in a fresh process, renamed into place
 
 The stats file is the expensive artefact: given `stats_path`, it is written after the first run and reused by
@@ -44,6 +45,8 @@ from .calibration import (
 from .decomposition import attach_explained_variance, decompose, spectra
 from .export import Recipe, SmokeResult, check_output, export
 from .measures import encoder_parameters
+from .recovery import recover as recover_encoder
+from .recovery import recovery_recipe, resolve_recovery
 from .ranks import DEFAULT_POLICY, Thresholds, plan_ranks
 from .sensitivity import DEFAULT_LEVEL, DEFAULT_PROBE_CLIPS, measure_sensitivity, probe_description, probe_set
 
@@ -168,13 +171,18 @@ def compress(
     overwrite: bool = False,
     progress: bool = True,
     recover: Optional[Callable] = None,
+    recovery: str = "auto",
+    recover_steps: Optional[int] = None,
 ) -> CompressResult:
     """Stock Whisper (`model`: Hub id or folder) -> LiteWhisper repo at `out_dir`.
 
     Exactly one of `preset` ("acc" | "balanced" | "fast"), `thresholds` or `target_encoder_params` (a count, or
     a ratio of the stock encoder) chooses the ranks, with `policy` "sensitivity" (default) or "threshold".
     `dtype` is the calibration compute dtype; the repo is saved in float16. `recover`, when given, receives the
-    decomposed LiteWhisper and returns the model to export.
+    decomposed LiteWhisper and returns the model to export. Before it, label-free recovery towards the stock
+    encoder runs on the first `num_samples` calibration clips: `recovery` "auto" (the preset's default: none for
+    acc, the least-squares refit for balanced, fast and size targets), "none" (the paper's recipe), "refit" or
+    "distill"; `recover_steps` N > 0 adds N distillation steps, 0 means none (see recovery.resolve_recovery).
     """
     out_dir = check_output(out_dir, overwrite)
     seed_everything(seed)
@@ -187,6 +195,12 @@ def compress(
     low_rank_config, rank_policy = plan_ranks(stats, base.config, preset, thresholds, target_encoder_params, policy)
     lite = decompose(base, by_slot, low_rank_config, progress=progress)
     del by_slot
+    recovery_settings = resolve_recovery(preset, recovery, recover_steps, seed=seed)
+    recovery_report = None
+    if recovery_settings is not None:
+        clips = kept if len(kept) >= num_samples else first_clips(calibration, num_samples)
+        recovery_report = recover_encoder(lite, base, feature_extractor, clips, recovery_settings, progress=progress)
+        del clips
     if recover is not None:
         lite = recover(lite)
     recipe = Recipe(
@@ -197,6 +211,7 @@ def compress(
         rank_policy=rank_policy,
         seed=seed,
         calibration_dtype=str(dtype).removeprefix("torch."),
+        extra={"recovery": recovery_recipe(recovery_report, source_name(calibration))},
     )
     smoke_clip = None
     if smoke_test:

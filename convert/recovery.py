@@ -193,9 +193,10 @@ def refit_least_squares(
     modes = [module.training for module in factored]
     for module in factored:  # drop merged weights: the refit edits the factors that later stages run through
         module.train()
-    dtype = next(lite_encoder.parameters()).dtype
-    lite_hidden = torch.cat([_stem(lite_encoder, chunk.to(dtype)) for chunk in _chunks(features, chunk_size)])
-    stock_hidden = torch.cat([_stem(stock_encoder, chunk.to(dtype)) for chunk in _chunks(features, chunk_size)])
+    parameter = next(lite_encoder.parameters())
+    dtype, device = parameter.dtype, parameter.device
+    lite_hidden = torch.cat([_stem(lite_encoder, chunk.to(device, dtype)) for chunk in _chunks(features, chunk_size)])
+    stock_hidden = torch.cat([_stem(stock_encoder, chunk.to(device, dtype)) for chunk in _chunks(features, chunk_size)])
     work = [(index, stage) for index in range(len(lite_encoder.layers)) for stage in REFIT_STAGES]
     bar = tqdm(total=len(work), desc="least-squares refit", unit="stage", disable=not progress)
     for layer_index, (lite_layer, stock_layer) in enumerate(zip(lite_encoder.layers, stock_encoder.layers)):
@@ -216,8 +217,9 @@ def _refit_stage(lite_layer, stock_layer, slots, lite_hidden, stock_hidden, ridg
     sums = {}
     for slot, module in lite_modules.items():
         rank, out = module.weight2.shape
-        sums[slot] = [torch.zeros(rank, rank, dtype=torch.float64), torch.zeros(rank, dtype=torch.float64),
-                      torch.zeros(rank, out, dtype=torch.float64), torch.zeros(out, dtype=torch.float64)]
+        like = dict(dtype=torch.float64, device=module.weight2.device)
+        sums[slot] = [torch.zeros(rank, rank, **like), torch.zeros(rank, **like), torch.zeros(rank, out, **like),
+                      torch.zeros(out, **like)]
     count = torch.zeros(1, dtype=torch.float64)
     for lite_chunk, stock_chunk in zip(_chunks(lite_hidden, chunk_size), _chunks(stock_hidden, chunk_size)):
         inputs = _Capture(lite_modules, "input")
@@ -249,7 +251,7 @@ def _refit_stage(lite_layer, stock_layer, slots, lite_hidden, stock_hidden, ridg
         covariance = gram / n - torch.outer(mean_in, mean_in)
         cross_covariance = cross / n - torch.outer(mean_in, mean_out)
         scale = ridge * covariance.diagonal().mean().clamp(min=1e-12)
-        covariance = covariance + scale * torch.eye(covariance.shape[0], dtype=torch.float64)
+        covariance = covariance + scale * torch.eye(covariance.shape[0], dtype=torch.float64, device=covariance.device)
         weight2 = torch.linalg.solve(covariance, cross_covariance)  # [r, out]
         bias = mean_out - mean_in @ weight2
         module.weight2.copy_(weight2.to(module.weight2.dtype))
@@ -275,16 +277,17 @@ def trainable_parameters(lite, train_layer_norms: bool = True) -> Dict[str, nn.P
 def holdout_error(lite, stock, features: torch.Tensor, chunk_size: int = 8, processes=None) -> float:
     """Relative MSE of the final hidden states on `features` (summed over processes when given)."""
     lite_encoder, stock_encoder = encoder_of(lite), encoder_of(stock)
-    dtype = next(lite_encoder.parameters()).dtype
-    sums = torch.zeros(2, dtype=torch.float64)
+    parameter = next(lite_encoder.parameters())
+    sums = torch.zeros(2, dtype=torch.float64, device=parameter.device)
     for chunk in _chunks(features, chunk_size):
-        chunk = chunk.to(dtype)
+        chunk = chunk.to(parameter.device, parameter.dtype)
         target = encode(stock_encoder, chunk)
         prediction = encode(lite_encoder, chunk)
         sums[0] += (prediction - target).double().pow(2).sum()
         sums[1] += target.double().pow(2).sum()
     if processes is not None and processes.count > 1:
         sums = processes.sum(sums)
+    sums = sums.cpu()
     return float(sums[0] / sums[1].clamp(min=1e-30))
 
 
@@ -368,7 +371,7 @@ def distill(
                     order, cursor = torch.randperm(len(train_features), generator=generator), 0
                 indices.append(int(order[cursor]))
                 cursor += 1
-            batch = train_features[indices].to(dtype)
+            batch = train_features[indices].to(next(lite_encoder.parameters()).device, dtype)
             with torch.no_grad():
                 target, target_layers = encode(stock_encoder, batch, layer_outputs=True)
             output = student(batch)

@@ -156,3 +156,26 @@ def test_the_recipe_records_how_a_model_was_recovered():
     entry = recovery_recipe(report, "librispeech-train-clean-100-calib")
     assert entry["method"] == "least-squares refit" and entry["refit_clips"] == 64 and not entry["labels_used"]
     assert entry["holdout_relative_error"] == {"before": 0.2, "after_refit": 0.05, "after": 0.05}
+
+
+def test_compress_recovers_and_the_repo_records_it(tmp_path):
+    import json
+
+    from compress_fixtures import write_clips, write_tiny_base
+
+    from lite_whisper_convert.compress import compress
+    from lite_whisper_convert.ranks import Thresholds
+
+    write_tiny_base(tmp_path / "base")
+    write_clips(tmp_path / "clips", 12)
+    result = compress(str(tmp_path / "base"), tmp_path / "out", calibration=str(tmp_path / "clips"),
+                      thresholds=Thresholds(0.9, 0.9), num_samples=12, smoke_test=False, progress=False,
+                      recovery="refit")
+    recipe = json.loads((result.out_dir / "compression_recipe.json").read_text())
+    recovery = recipe["extra"]["recovery"]
+    assert recovery["method"] == "least-squares refit" and recovery["labels_used"] is False
+    assert "- recovery: least-squares refit towards the stock encoder" in (result.out_dir / "README.md").read_text()
+    plain = compress(str(tmp_path / "base"), tmp_path / "plain", calibration=str(tmp_path / "clips"),
+                     thresholds=Thresholds(0.9, 0.9), num_samples=12, smoke_test=False, progress=False,
+                     recover_steps=0)
+    assert "- recovery: none (LiteASR recipe only)" in (plain.out_dir / "README.md").read_text()
