@@ -47,7 +47,7 @@ from .export import Recipe, SmokeResult, check_output, export
 from .measures import encoder_parameters
 from .recovery import recover as recover_encoder
 from .recovery import recovery_recipe, resolve_recovery
-from .ranks import DEFAULT_POLICY, Thresholds, plan_ranks
+from .ranks import DEFAULT_POLICY, Thresholds, check_request, plan_ranks
 from .sensitivity import DEFAULT_LEVEL, DEFAULT_PROBE_CLIPS, measure_sensitivity, probe_description, probe_set
 
 logger = logging.getLogger(__name__)
@@ -187,6 +187,7 @@ def compress(
     out_dir = check_output(out_dir, overwrite)
     seed_everything(seed)
     base, feature_extractor = load_base(model, device, dtype)
+    check_request(base.config, preset, thresholds, target_encoder_params, policy)
     stats, by_slot, kept = prepare_stats(
         base, feature_extractor, calibration, num_samples, batch_size, frames, stats_path, name=str(model),
         sensitivity=policy == "sensitivity" and thresholds is None, probe_clips=probe_clips, progress=progress,

@@ -71,9 +71,52 @@ class Preset:
     thresholds: Thresholds
 
 
-# family -> preset -> Preset. Filled from measurements; see PRESET_NOTES.
-PRESETS: Dict[str, Dict[str, Preset]] = {}
-PRESET_NOTES: Dict[str, str] = {}
+# Medium has no official release: its sizes take the mean of small's and large-v3's ratios to the stock encoder
+# (acc 0.78, balanced 0.70, fast 0.605 of 305.7M).
+_MEDIUM_PARAMS = {"acc": 238.4e6, "balanced": 214.0e6, "fast": 184.9e6}
+
+
+def _presets(sizes: dict, thresholds: dict) -> Dict[str, Preset]:
+    return {name: Preset(sizes[name], Thresholds(*thresholds[name])) for name in PRESET_NAMES}
+
+
+# family -> preset -> Preset: the data behind --preset. encoder_params is what the default (sensitivity) policy
+# fills; thresholds are the LiteASR threshold policy's. See PRESET_NOTES and benchmarks/compress_presets.py.
+PRESETS: Dict[str, Dict[str, Preset]] = {
+    "tiny": _presets(OFFICIAL_ENCODER_PARAMS["tiny"],
+                     {"acc": (0.9983, 0.9983), "balanced": (0.9944, 0.9944), "fast": (0.9897, 0.9897)}),
+    "base": _presets(OFFICIAL_ENCODER_PARAMS["base"],
+                     {"acc": (0.9984, 0.9984), "balanced": (0.9950, 0.9950), "fast": (0.9903, 0.9903)}),
+    "small": _presets(OFFICIAL_ENCODER_PARAMS["small"],
+                      {"acc": (0.9984, 0.9984), "balanced": (0.9950, 0.9950), "fast": (0.9903, 0.9903)}),
+    "medium": _presets(_MEDIUM_PARAMS,
+                       {"acc": (0.9984, 0.9984), "balanced": (0.9950, 0.9950), "fast": (0.9903, 0.9903)}),
+    "large-v3": _presets(OFFICIAL_ENCODER_PARAMS["large-v3"],
+                         {"acc": (0.9984, 0.9984), "balanced": (0.9950, 0.9950), "fast": (0.9903, 0.9903)}),
+    "large-v3-turbo": _presets(OFFICIAL_ENCODER_PARAMS["large-v3-turbo"],
+                               {"acc": (0.9984, 0.9984), "balanced": (0.9950, 0.9950), "fast": (0.9903, 0.9903)}),
+}
+
+_MEASURED = (
+    "Sizes are the official LiteWhisper encoder sizes; the default sensitivity policy fills them exactly (to within "
+    "one rank step). Thresholds are the largest (to 4 decimals) whose ranks fit those sizes on real {model} "
+    "calibrated on 100 clips of librispeech-train-clean-100-calib, real frames only. WER of both policies on "
+    "librispeech-test-other-60: benchmarks/results/compress_presets_{model}.json."
+)
+_UNVERIFIED = (
+    "UNVERIFIED: no real {family} weights were available. Sizes: {sizes}. Thresholds are base's, untested here: "
+    "on a real model they will not land exactly on the sizes (use --target-encoder-params with --policy threshold "
+    "for that). The default sensitivity policy always lands on the size; its WER is unmeasured for this family."
+)
+PRESET_NOTES: Dict[str, str] = {
+    "tiny": _MEASURED.format(model="tiny.en"),
+    "base": _MEASURED.format(model="base"),
+    "small": _UNVERIFIED.format(family="small", sizes="the official release's"),
+    "medium": _UNVERIFIED.format(family="medium", sizes="no official release; the mean of small's and large-v3's "
+                                 "ratios to the stock encoder"),
+    "large-v3": _UNVERIFIED.format(family="large-v3", sizes="the official release's"),
+    "large-v3-turbo": _UNVERIFIED.format(family="large-v3-turbo", sizes="the official release's"),
+}
 
 
 # ------------------------------------------------------------------------------------------------ families
@@ -296,6 +339,21 @@ def parse_size(text, config) -> int:
     return int(value)
 
 
+def check_request(config, preset: Optional[str] = None, thresholds: Optional[Thresholds] = None,
+                  target_encoder_params=None, policy: str = DEFAULT_POLICY) -> None:
+    """Raise RankPolicyError for a request `plan_ranks` cannot serve; cheap, so run it before calibrating."""
+    given = [name for name, value in (("preset", preset), ("thresholds", thresholds),
+                                      ("target_encoder_params", target_encoder_params)) if value is not None]
+    if len(given) != 1:
+        raise RankPolicyError(f"give exactly one of a preset, thresholds or a size target (got {given or 'none'})")
+    if policy not in POLICIES:
+        raise RankPolicyError(f"unknown rank policy {policy!r}; choose one of {', '.join(POLICIES)}")
+    if preset is not None:
+        preset_for(config, preset)
+    if target_encoder_params is not None:
+        parse_size(target_encoder_params, config)
+
+
 def plan_ranks(stats, config, preset: Optional[str] = None, thresholds: Optional[Thresholds] = None,
                target_encoder_params=None, policy: str = DEFAULT_POLICY) -> Tuple[List[dict], dict]:
     """(low_rank_config, description) for exactly one of: a preset, thresholds, or a size target.
@@ -303,12 +361,7 @@ def plan_ranks(stats, config, preset: Optional[str] = None, thresholds: Optional
     `stats` must hold explained-variance curves (and sensitivities for the sensitivity policy). The description
     records the request and what it resolved to, for the README and compression_recipe.json.
     """
-    given = [name for name, value in (("preset", preset), ("thresholds", thresholds),
-                                      ("target_encoder_params", target_encoder_params)) if value is not None]
-    if len(given) != 1:
-        raise RankPolicyError(f"give exactly one of a preset, thresholds or a size target (got {given or 'none'})")
-    if policy not in POLICIES:
-        raise RankPolicyError(f"unknown rank policy {policy!r}; choose one of {', '.join(POLICIES)}")
+    check_request(config, preset, thresholds, target_encoder_params, policy)
     curves = stats.explained_variance
     if not curves:
         raise RankPolicyError("the statistics hold no explained-variance curves (run decomposition.spectra first)")
