@@ -10,7 +10,7 @@ import csv
 from dataclasses import dataclass
 from math import gcd
 from pathlib import Path
-from typing import Iterator, Optional
+from typing import Iterable, Iterator, Optional
 
 import numpy as np
 
@@ -146,6 +146,20 @@ def source_name(source: str) -> str:
         path, config, split = parse_hub_spec(str(source))
         return f"{path.split('/')[-1]}{'-' + config if config else ''}-{split}"
     return Path(source).name
+
+
+def batches(utterances: Iterable, batch_size: int) -> Iterator[list]:
+    """Consecutive lists of `batch_size` items (the last one may be shorter)."""
+    if batch_size < 1:
+        raise ValueError(f"batch size must be at least 1, got {batch_size}")
+    batch = []
+    for utterance in utterances:
+        batch.append(utterance)
+        if len(batch) == batch_size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
 
 
 def iter_paths(paths) -> Iterator[Utterance]:

@@ -28,11 +28,13 @@ import tempfile
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Dict, Iterable, Iterator, List, Optional, Tuple
+from typing import Callable, Dict, Iterable, List, Optional, Tuple
 
 import torch
 
 from configuration_lite_whisper import ATTENTION_SLOTS, LOW_RANK_SLOTS, slot_shape
+
+from .audio import batches
 
 FRAMES_POLICIES = ("real", "all")
 DEFAULT_FRAMES = "real"
@@ -204,17 +206,6 @@ def _hooks(encoder, collector: _Collector):
             handle.remove()
 
 
-def _batches(utterances: Iterable, batch_size: int) -> Iterator[list]:
-    batch = []
-    for utterance in utterances:
-        batch.append(utterance)
-        if len(batch) == batch_size:
-            yield batch
-            batch = []
-    if batch:
-        yield batch
-
-
 def real_positions(attention_mask: torch.Tensor, positions: int) -> torch.Tensor:
     """Mel-frame mask [batch, frames] -> encoder-position mask [batch, positions]: a position is real if any of
     the mel frames it downsamples holds audio (the second conv has stride 2)."""
@@ -253,7 +244,7 @@ def collect_stats(
     seen = 0
     bar = tqdm(total=total, unit="clip", desc="calibration", disable=not progress)
     with torch.no_grad(), _hooks(encoder, collector):
-        for batch in _batches(utterances, batch_size):
+        for batch in batches(utterances, batch_size):
             inputs = feature_extractor(
                 [utterance.audio for utterance in batch],
                 sampling_rate=feature_extractor.sampling_rate,

@@ -34,7 +34,7 @@ from typing import Callable, Dict, Iterable, Iterator, List, Optional, Sequence,
 import numpy as np
 import torch
 
-from .audio import SAMPLING_RATE, Utterance, folder_entries, iter_utterances, source_name
+from .audio import SAMPLING_RATE, Utterance, batches, folder_entries, iter_utterances, source_name
 from .measures import encoder_flops, encoder_parameters
 
 SPELLING_MAP = Path(__file__).resolve().parent / "data" / "english_spelling.json"
@@ -186,19 +186,6 @@ def model_type(model) -> str:
 # Transcription
 
 
-def _batches(utterances: Iterable[Utterance], batch_size: int) -> Iterator[List[Utterance]]:
-    if batch_size < 1:
-        raise ValueError(f"batch size must be at least 1, got {batch_size}")
-    batch = []
-    for utterance in utterances:
-        batch.append(utterance)
-        if len(batch) == batch_size:
-            yield batch
-            batch = []
-    if batch:
-        yield batch
-
-
 def _features(processor, audios: List[np.ndarray], device, dtype) -> Tuple[dict, bool]:
     """Log-mel inputs for one batch, and whether it needs long-form (sequential 30 s window) decoding."""
     feature_extractor = getattr(processor, "feature_extractor", processor)
@@ -233,7 +220,7 @@ def transcribe_batches(
     if fallback:  # sampling at temperatures above 0: reproducible from a fixed seed
         torch.manual_seed(FALLBACK_SEED)
     device, dtype = model.device, model.dtype
-    for batch in _batches(utterances, batch_size):
+    for batch in batches(utterances, batch_size):
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         start = time.perf_counter()
