@@ -13,9 +13,12 @@ so shards computed in several processes combine with `merge_stats` (in one proce
 place, e.g. with `torch.distributed.all_reduce`).
 
 Whisper pads every clip to 30 s. `frames="real"` keeps only the encoder positions that cover real audio,
-`frames="all"` keeps all of them as the original LiteASR recipe does. On real speech "real" compresses better
-(see benchmarks/compress_presets.py and README): padding positions are many (a 10 s clip is two thirds
-padding), nearly identical and unlike speech, so with "all" the principal directions are spent on them.
+`frames="all"` keeps all of them as the original LiteASR recipe does. Which is better depends on the rank
+policy (measured on real tiny.en, benchmarks/results/compress_presets_tiny.en.json): padding positions are
+most of the window (a 10 s clip is two thirds padding) and nearly alike, so "all" spends principal directions
+on them, while "real" lets the projection damage them, yet the decoder cross-attends to every position,
+padding included. The sensitivity policy measures that damage through the decoder and does best on "real"
+statistics; the threshold policy cannot see it and does best on "all" (compress.DEFAULT_FRAMES_BY_POLICY).
 
 A `Stats` records the identity of the model it came from (encoder shapes and a hash of the encoder weights),
 so that a stats file is never applied to another model: `check_identity` raises `StatsMismatchError`.

@@ -206,8 +206,9 @@ def _add_compress(subparsers) -> None:
     parser.add_argument("--stats", metavar="FILE",
                         help="calibration statistics file: reused when it exists, written after calibrating otherwise")
     parser.add_argument("--frames", choices=("real", "all"),
-                        help="encoder positions to calibrate on: only those covering real audio (default) or all "
-                        "1500 of the padded 30 s window")
+                        help="encoder positions to calibrate on: only those covering real audio, or all 1500 of "
+                        "the padded 30 s window (default: real for the sensitivity policy, all for the threshold "
+                        "policy, which measured best for each)")
     parser.add_argument("--probe-clips", type=int, default=32,
                         help="clips for the sensitivity probe (sensitivity policy; default 32)")
     parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda when available)")

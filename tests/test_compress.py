@@ -79,10 +79,12 @@ def test_a_stats_file_serves_every_later_run(base, calibration, tmp_path, monkey
                  frames="all", **FAST)
 
 
-def test_threshold_policy_bisects_to_a_size(base, calibration, tmp_path):
+def test_threshold_policy_bisects_to_a_size_on_all_frames(base, calibration, tmp_path):
     result = compress(str(base), tmp_path / "lite", str(calibration), target_encoder_params=0.75, policy="threshold",
-                      **FAST)
+                      stats_path=tmp_path / "stats.safetensors", **FAST)
     assert result.encoder_params <= 0.75 * result.stock_encoder_params
+    stats = load_stats(tmp_path / "stats.safetensors")
+    assert stats.frames == "all" and not stats.sensitivity  # the threshold policy's default; no probe needed
     thresholds = result.rank_policy["thresholds"]
     assert thresholds["attention"] == thresholds["mlp"] and 0 < thresholds["attention"] < 1
 
@@ -165,3 +167,18 @@ def test_a_stats_file_from_another_model_is_a_named_error_and_leaves_nothing(bas
                            "0.8", "--stats", stats_path, "--no-progress", capsys=capsys)
     assert code == 2 and "weights differ" in output.err
     assert not (tmp_path / "lite").exists()
+
+
+@pytest.mark.slow
+def test_real_tiny_en_fast_preset_transcribes_like_the_stock_model(tiny_en_dir, tmp_path):
+    """The whole CLI path on real weights: fast preset from 16 clips, smoke test next to the stock model."""
+    import jiwer
+    from conftest import speech_set
+
+    from lite_whisper_convert.ranks import OFFICIAL_ENCODER_PARAMS
+
+    calibration_set = speech_set("librispeech-train-clean-100-calib")
+    result = compress(str(tiny_en_dir), tmp_path / "lite", str(calibration_set), preset="fast", num_samples=16,
+                      probe_clips=8, recovery="none", progress=False)
+    assert result.encoder_params <= OFFICIAL_ENCODER_PARAMS["tiny"]["fast"]
+    assert jiwer.wer(result.smoke.stock_text.lower(), result.smoke.lite_text.lower()) < 0.3

@@ -177,7 +177,7 @@ def test_plan_ranks_resolves_presets_and_records_the_request():
     assert description["policy"] == "sensitivity" and description["preset"] == "fast"
     assert description["encoder_params"] == parameters_with_ranks(config, low_rank_config) <= 6.48e6
     _, description = plan_ranks(stats, config, preset="fast", policy="threshold")
-    assert description["thresholds"] == {"attention": 0.9897, "mlp": 0.9897}
+    assert description["thresholds"] == {"attention": 0.9951, "mlp": 0.9951}
     _, description = plan_ranks(stats, config, thresholds=Thresholds(0.9, 0.95))
     assert description["policy"] == "threshold"
     with pytest.raises(RankPolicyError, match="exactly one"):
