@@ -30,6 +30,22 @@ class Processes:
         # On a machine without accelerators accelerate only forms a gloo process group when asked for the CPU.
         self.state = PartialState(cpu=not torch.cuda.is_available() if cpu is None else cpu)
 
+    def __enter__(self) -> "Processes":
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Wait for every process, then tear the process group down.
+
+        A gloo group left to interpreter shutdown can abort the process ("terminate called without an active
+        exception") after all the work is done, so every job ends here.
+        """
+        if self.count > 1:
+            self.wait()
+            self.state.destroy_process_group()
+
     @property
     def index(self) -> int:
         return self.state.process_index

@@ -14,18 +14,19 @@ SCRIPT = textwrap.dedent(
     """
     import sys, torch
     from lite_whisper_convert.distributed import Processes, RankFailedError
-    processes = Processes()
-    total = processes.sum(torch.full((3,), 0.1 * (processes.index + 1), dtype=torch.float64))
-    names = processes.gather([f"utt{i}" for i in range(processes.index, 5, processes.count)])
-    def step():
-        if processes.index == int(sys.argv[1]):
-            raise ValueError("bad clip")
-        return "ok"
-    try:
-        outcome = processes.run(step, "calibration")
-    except RankFailedError as error:
-        outcome = str(error)
-    print(f"RESULT {processes.index} {total.dtype} {total.tolist()} {names} {outcome}", flush=True)
+    with Processes() as processes:
+        total = processes.sum(torch.full((3,), 0.1 * (processes.index + 1), dtype=torch.float64))
+        names = processes.gather([f"utt{i}" for i in range(processes.index, 5, processes.count)])
+        def step():
+            if processes.index == int(sys.argv[1]):
+                raise ValueError("bad clip")
+            return "ok"
+        try:
+            outcome = processes.run(step, "calibration")
+        except RankFailedError as error:
+            outcome = str(error)
+    with open(f"{sys.argv[2]}/rank{processes.index}.txt", "w") as result:
+        result.write(f"{total.dtype} {total.tolist()} {names} {outcome}")
     """
 )
 
@@ -35,10 +36,11 @@ def launch(tmp_path, failing_rank):
     script.write_text(SCRIPT)
     command = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
                "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", str(script),
-               str(failing_rank)]
+               str(failing_rank), str(tmp_path)]
     result = subprocess.run(command, capture_output=True, text=True, timeout=240)
     assert result.returncode == 0, result.stderr[-2000:]
-    return sorted(line for line in result.stdout.splitlines() if line.startswith("RESULT"))
+    # Each rank writes its own file: two processes printing to one pipe may interleave their lines.
+    return [path.read_text() for path in sorted(tmp_path.glob("rank*.txt"))]
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="exercises the CPU (gloo) process group")
