@@ -81,22 +81,36 @@ def probe_set(model, feature_extractor, clips: Iterable, batch_size: int = 8) ->
     with torch.inference_mode():
         for start in range(0, len(audios), batch_size):
             batch = features[start : start + batch_size].to(device=parameter.device, dtype=parameter.dtype)
-            transcripts.append(model.generate(batch, **_generate_kwargs(model)).cpu())
+            # The full sequences: decoder prompt, transcript, eos (plain generate drops the prompt and eos).
+            output = model.generate(batch, return_dict_in_generate=True, **_generate_kwargs(model))
+            transcripts.append(output["sequences"].cpu())
     width = max(ids.shape[1] for ids in transcripts)
     eos = model.generation_config.eos_token_id
     eos = eos[0] if isinstance(eos, (list, tuple)) else eos
     decoder_ids = torch.cat([torch.nn.functional.pad(ids, (0, width - ids.shape[1]), value=eos) for ids in transcripts])
-    # Token t+1 is predicted at position t; keep positions up to and including the first eos.
-    after_first_eos = (decoder_ids[:, 1:] == eos).cumsum(dim=1) - (decoder_ids[:, 1:] == eos).int() > 0
-    mask = ~after_first_eos  # [clips, T-1]
+    # Token t+1 is predicted at position t; keep the transcript's tokens and its first eos. The decoder prompt
+    # (start of transcript, language, task, no-timestamps) is forced, not predicted: its ids all lie above eos.
+    predicted = decoder_ids[:, 1:]  # [clips, T-1]
+    after_first_eos = (predicted == eos).cumsum(dim=1) - (predicted == eos).int() > 0
+    prompt_length = (decoder_ids <= eos).int().argmax(dim=1)  # [clips]: position of the first transcript token
+    in_prompt = torch.arange(1, decoder_ids.shape[1])[None, :] < prompt_length[:, None]
+    mask = ~after_first_eos & ~in_prompt  # [clips, T-1]
     reference = _log_probs(model, features, decoder_ids, mask, batch_size)
     return ProbeSet(features, decoder_ids, mask, reference, batch_size)
 
 
-def probe_loss(model, probes: ProbeSet) -> float:
-    """Mean KL(stock ‖ model) per transcript token, teacher-forced on the stock transcripts."""
+def probe_loss(model, probes: ProbeSet, processes=None) -> float:
+    """Mean KL(stock ‖ model) per transcript token, teacher-forced on the stock transcripts.
+
+    Under data parallelism (`processes`, a distributed.Processes) each process holds its shard of the probe
+    clips and the float64 sum of KL and the token count are summed across processes: every process gets the
+    mean over all probe tokens."""
     log_probs = _log_probs(model, probes.features, probes.decoder_ids, probes.mask, probes.batch_size)
-    return float((probes.reference.exp() * (probes.reference - log_probs)).sum(dim=-1).mean())
+    kl = (probes.reference.exp() * (probes.reference - log_probs)).sum(dim=-1)  # [tokens]
+    sums = torch.stack([kl.double().sum(), torch.tensor(kl.numel(), dtype=torch.float64)])
+    if processes is not None:
+        sums = processes.sum(sums)
+    return float(sums[0] / sums[1])
 
 
 def probe_rank(curve: torch.Tensor, level: float, in_features: int, out_features: int) -> Optional[int]:
@@ -115,8 +129,11 @@ def measure_sensitivity(
     spectra_by_slot: Dict[SlotKey, Spectrum],
     level: float = DEFAULT_LEVEL,
     progress: bool = False,
+    processes=None,
 ) -> Dict[SlotKey, float]:
-    """sensitivity[slot]: probe loss per unit of discarded explained variance, one slot factored at a time."""
+    """sensitivity[slot]: probe loss per unit of discarded explained variance, one slot factored at a time.
+
+    With `processes`, `probes` is this process's shard and every process returns the same values."""
     from tqdm.auto import tqdm
 
     config = model.config
@@ -131,12 +148,15 @@ def measure_sensitivity(
         low_rank_config: List[dict] = [{} for _ in range(config.encoder_layers)]
         low_rank_config[layer_index][slot] = rank
         discarded = 1.0 - float(curve[rank - 1])
-        loss = probe_loss(decompose(model, spectra_by_slot, low_rank_config), probes)
+        loss = probe_loss(decompose(model, spectra_by_slot, low_rank_config), probes, processes)
         sensitivity[key] = loss / discarded if discarded > 0 else 0.0
     return sensitivity
 
 
-def probe_description(probes: ProbeSet, level: float, clips_source: Optional[str] = None) -> dict:
-    """What the sensitivities were measured on: recorded with them in the stats file and README."""
-    return {"clips": int(probes.features.shape[0]), "tokens": probes.tokens, "level": level,
-            "source": clips_source or ""}
+def probe_description(probes: ProbeSet, level: float, clips_source: Optional[str] = None, processes=None) -> dict:
+    """What the sensitivities were measured on (over all processes' shards): recorded with them in the stats
+    file and README."""
+    counts = torch.tensor([probes.features.shape[0], probes.tokens], dtype=torch.int64)
+    if processes is not None:
+        counts = processes.sum(counts)
+    return {"clips": int(counts[0]), "tokens": int(counts[1]), "level": level, "source": clips_source or ""}

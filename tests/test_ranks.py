@@ -184,3 +184,28 @@ def test_plan_ranks_resolves_presets_and_records_the_request():
         plan_ranks(stats, config)
     with pytest.raises(RankPolicyError, match="unknown rank policy"):
         plan_ranks(stats, config, preset="fast", policy="magic")
+
+
+def test_the_sensitivity_probe_scores_the_transcript_after_the_real_decoder_prompt(tiny_en_dir):
+    """Teacher forcing starts from Whisper's prompt (start of transcript, no timestamps), and every transcript
+    token plus the eos is scored exactly once, however the clips are batched."""
+    from conftest import speech_set
+
+    from lite_whisper_convert.audio import iter_utterances
+    from lite_whisper_convert.compress import load_base
+    from lite_whisper_convert.sensitivity import probe_loss, probe_set
+
+    model, feature_extractor = load_base(str(tiny_en_dir))
+    clips = list(iter_utterances(str(speech_set("librispeech-test-clean-mini")), limit=3))
+    together = probe_set(model, feature_extractor, clips, batch_size=3)
+    config = model.generation_config
+    assert together.decoder_ids[:, 0].tolist() == [config.decoder_start_token_id] * 3
+    assert (together.decoder_ids[:, 1] == config.no_timestamps_token_id).all()
+    for row, scored in zip(together.decoder_ids, together.mask):
+        transcript = row[2:]
+        first_eos = int((transcript == config.eos_token_id).nonzero()[0])
+        assert int(scored.sum()) == first_eos + 1  # the text tokens and the eos
+        assert not scored[0]  # position 0 would predict the forced no-timestamps token
+    one_by_one = [probe_set(model, feature_extractor, [clip], batch_size=1) for clip in clips]
+    assert together.tokens == sum(probe.tokens for probe in one_by_one)
+    assert probe_loss(model, together) == pytest.approx(0.0, abs=1e-6)  # the stock model against itself
