@@ -3,6 +3,8 @@
 import argparse
 import sys
 
+from .distributed import RankFailedError
+
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="lite-whisper", description=__doc__)
@@ -41,19 +43,35 @@ def _add_eval(subparsers) -> None:
     parser.set_defaults(func=_run_eval)
 
 
+def _processes(device):
+    """This process's place in an `accelerate launch` job (a single process without a launcher)."""
+    from .distributed import Processes
+
+    return Processes(cpu=device == "cpu" if device else None)
+
+
+def _device(requested, processes) -> str:
+    """The device for this process: under several processes each takes its own (its GPU, or the CPU)."""
+    if processes.count > 1 and requested != "cpu":
+        return str(processes.device)
+    return requested
+
+
 def _run_eval(args) -> int:
     import torch
 
     from .evaluation import evaluate, format_results, write_results
 
-    results = evaluate(
-        args.model, args.data, limit=args.limit, batch_size=args.batch_size, language=args.language,
-        device=args.device, dtype=getattr(torch, args.dtype) if args.dtype else None,
-        progress=not args.no_progress, keep_transcripts=args.transcripts,
-    )
-    print(format_results(results))
-    if args.json:
-        print(f"wrote {write_results(results, args.json)}")
+    with _processes(args.device) as processes:
+        results = evaluate(
+            args.model, args.data, limit=args.limit, batch_size=args.batch_size, language=args.language,
+            device=_device(args.device, processes), dtype=getattr(torch, args.dtype) if args.dtype else None,
+            progress=not args.no_progress, keep_transcripts=args.transcripts, processes=processes,
+        )
+        if processes.is_main:
+            print(format_results(results))
+            if args.json:
+                print(f"wrote {write_results(results, args.json)}")
     return 0
 
 
@@ -237,16 +255,19 @@ def _run_compress(args) -> int:
     if (args.attention_threshold is None) != (args.mlp_threshold is None):
         raise RankPolicyError("give both --attention-threshold and --mlp-threshold")
     thresholds = Thresholds(args.attention_threshold, args.mlp_threshold) if args.attention_threshold is not None else None
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    dtype = DTYPES[args.dtype] if args.dtype else (torch.float32 if device == "cpu" else torch.float16)
-    result = compress(
-        args.model, args.out, calibration=args.calibration or DEFAULT_CALIBRATION, preset=args.preset,
-        thresholds=thresholds, target_encoder_params=args.target_encoder_params, policy=args.policy,
-        num_samples=args.num_samples, batch_size=args.batch_size, stats_path=args.stats, frames=args.frames,
-        device=device, dtype=dtype, seed=args.seed, probe_clips=args.probe_clips, smoke_test=not args.no_smoke_test,
-        overwrite=args.overwrite, progress=not args.no_progress, recovery=args.recovery,
-        recover_steps=args.recover_steps,
-    )
+    with _processes(args.device) as processes:
+        device = _device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"), processes)
+        dtype = DTYPES[args.dtype] if args.dtype else (torch.float32 if device == "cpu" else torch.float16)
+        result = compress(
+            args.model, args.out, calibration=args.calibration or DEFAULT_CALIBRATION, preset=args.preset,
+            thresholds=thresholds, target_encoder_params=args.target_encoder_params, policy=args.policy,
+            num_samples=args.num_samples, batch_size=args.batch_size, stats_path=args.stats, frames=args.frames,
+            device=device, dtype=dtype, seed=args.seed, probe_clips=args.probe_clips,
+            smoke_test=not args.no_smoke_test, overwrite=args.overwrite, progress=not args.no_progress,
+            recovery=args.recovery, recover_steps=args.recover_steps, processes=processes,
+        )
+    if not processes.is_main:
+        return 0
     print(f"encoder parameters: {result.stock_encoder_params / 1e6:.2f}M -> {result.encoder_params / 1e6:.2f}M "
           f"({result.rank_policy['policy']} policy)")
     if result.smoke is not None:
@@ -263,8 +284,9 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     try:
         return args.func(args) or 0
-    except (ValueError, FileNotFoundError) as error:
-        # Our stages raise named errors (subclasses of these) for bad input: show them without a traceback.
+    except (ValueError, FileNotFoundError, RankFailedError) as error:
+        # Our stages raise named errors (subclasses of these) for bad input, and a data-parallel job raises
+        # RankFailedError on every process naming the failed ranks: show them without a traceback.
         print(f"lite-whisper {args.command}: error: {error}", file=sys.stderr)
         return 2
 

@@ -40,8 +40,10 @@ from .calibration import (
     collect_stats,
     load_stats,
     model_identity,
+    reduce_stats,
     save_stats,
 )
+from .distributed import Processes
 from .decomposition import attach_explained_variance, decompose, spectra
 from .export import Recipe, SmokeResult, check_output, export
 from .measures import encoder_parameters
@@ -115,14 +117,25 @@ def prepare_stats(
     probe_clips: int = DEFAULT_PROBE_CLIPS,
     probe_level: float = DEFAULT_LEVEL,
     progress: bool = True,
+    processes: Optional[Processes] = None,
 ):
     """(Stats with explained-variance curves and, if `sensitivity`, sensitivities; spectra by slot; kept clips).
 
     With an existing `stats_path` the sums come from that file (a file from another model raises
     StatsMismatchError); otherwise calibration runs on the first `num_samples` clips of `calibration`, over
-    `frames` (None: `default_frames`). Anything
-    derived that the file lacks is computed and the file is rewritten; a new file is written only when complete.
+    `frames` (None: `default_frames`). Anything derived that the file lacks is computed and the file is
+    rewritten (by the main process); a new file is written only when complete.
+
+    Under data parallelism (`processes` with count > 1) each process calibrates on its shard of the clips (every
+    count-th one) and the sums are all-reduced; the sensitivity probe splits its clips the same way. Every
+    process returns the same statistics; the kept clips are this process's.
     """
+    processes = processes if processes is not None else Processes()
+    index, count = processes.shard
+    if sensitivity and probe_clips < count:
+        raise ValueError(f"the sensitivity probe needs at least one clip per process: --probe-clips {probe_clips} "
+                         f"is fewer than the {count} processes")
+    own_probe_clips = len(range(index, probe_clips, count))
     identity = model_identity(model, name)
     stats_path = Path(stats_path) if stats_path is not None else None
     clips = _FirstClips([], 0)
@@ -137,9 +150,16 @@ def prepare_stats(
                     stats.calibration)
         changed = False
     else:
-        clips = _FirstClips(iter_utterances(calibration, limit=num_samples), max(probe_clips, 1))
-        stats = collect_stats(model, feature_extractor, clips, batch_size=batch_size, frames=frames or default_frames,
-                              progress=progress, total=num_samples, name=name, calibration=source_name(calibration))
+        clips = _FirstClips(iter_utterances(calibration, limit=num_samples, shard=processes.shard),
+                            max(own_probe_clips, 1))
+        stats = processes.run(
+            lambda: collect_stats(model, feature_extractor, clips, batch_size=batch_size, frames=frames or default_frames,
+                                  progress=progress, total=len(range(index, num_samples, count)), name=name,
+                                  calibration=source_name(calibration)),
+            "calibration",
+        )
+        if count > 1:
+            reduce_stats(stats, processes.sum_in_place)
         changed = True
     device = next(model.parameters()).device
     by_slot = spectra(stats, model.config, device=device if device.type == "cuda" else None, progress=progress)
@@ -147,12 +167,15 @@ def prepare_stats(
         attach_explained_variance(stats, by_slot)
         changed = True
     if sensitivity and not stats.sensitivity:
-        probe_audio = clips.kept[:probe_clips] or first_clips(calibration, probe_clips)
-        probes = probe_set(model, feature_extractor, probe_audio, batch_size=batch_size)
-        stats.sensitivity = measure_sensitivity(model, probes, by_slot, level=probe_level, progress=progress)
-        stats.sensitivity_probe = probe_description(probes, probe_level, source_name(calibration))
+        # The first `probe_clips` clips of the source, split across processes as calibration split them.
+        probe_audio = clips.kept[:own_probe_clips] or first_clips(calibration, probe_clips)[index::count]
+        probes = processes.run(lambda: probe_set(model, feature_extractor, probe_audio, batch_size=batch_size),
+                               "sensitivity probe")
+        stats.sensitivity = measure_sensitivity(model, probes, by_slot, level=probe_level, progress=progress,
+                                                processes=processes)
+        stats.sensitivity_probe = probe_description(probes, probe_level, source_name(calibration), processes)
         changed = True
-    if stats_path is not None and changed:
+    if stats_path is not None and changed and processes.is_main:
         save_stats(stats, stats_path)
     return stats, by_slot, clips.kept
 
@@ -179,6 +202,7 @@ def compress(
     recover: Optional[Callable] = None,
     recovery: str = "auto",
     recover_steps: Optional[int] = None,
+    processes: Optional[Processes] = None,
 ) -> CompressResult:
     """Stock Whisper (`model`: Hub id or folder) -> LiteWhisper repo at `out_dir`.
 
@@ -189,7 +213,14 @@ def compress(
     encoder runs on the first `num_samples` calibration clips: `recovery` "auto" (the preset's default: none for
     acc, the least-squares refit for balanced, fast and size targets), "none" (the paper's recipe), "refit" or
     "distill"; `recover_steps` N > 0 adds N distillation steps, 0 means none (see recovery.resolve_recovery).
+
+    Data parallelism: call this on every process of an `accelerate launch` job with the job's `processes` (a
+    distributed.Processes) and each process's own `device`. Calibration, the sensitivity probe and recovery
+    split the clips across processes and sum their statistics; every process plans the same ranks; the main
+    process alone writes the stats file and the repo and runs the smoke test (`smoke` is None elsewhere).
     """
+    processes = processes if processes is not None else Processes()
+    progress = progress and processes.is_main
     out_dir = check_output(out_dir, overwrite)
     seed_everything(seed)
     base, feature_extractor = load_base(model, device, dtype)
@@ -198,7 +229,7 @@ def compress(
     stats, by_slot, kept = prepare_stats(
         base, feature_extractor, calibration, num_samples, batch_size, frames, stats_path, name=str(model),
         default_frames=DEFAULT_FRAMES_BY_POLICY[effective_policy], sensitivity=effective_policy == "sensitivity",
-        probe_clips=probe_clips, progress=progress,
+        probe_clips=probe_clips, progress=progress, processes=processes,
     )
     stats = dataclasses.replace(stats, slots={})  # the float64 sums are no longer needed: free them
     low_rank_config, rank_policy = plan_ranks(stats, base.config, preset, thresholds, target_encoder_params, policy)
@@ -207,8 +238,10 @@ def compress(
     recovery_settings = resolve_recovery(preset, recovery, recover_steps, seed=seed)
     recovery_report = None
     if recovery_settings is not None:
-        clips = kept if len(kept) >= num_samples else first_clips(calibration, num_samples)
-        recovery_report = recover_encoder(lite, base, feature_extractor, clips, recovery_settings, progress=progress)
+        # Every process passes the same clips; recovery takes its own shard of them.
+        clips = kept if len(kept) >= num_samples and processes.count == 1 else first_clips(calibration, num_samples)
+        recovery_report = recover_encoder(lite, base, feature_extractor, clips, recovery_settings, processes=processes,
+                                          progress=progress)
         del clips
     if recover is not None:
         lite = recover(lite)
@@ -222,11 +255,17 @@ def compress(
         calibration_dtype=str(dtype).removeprefix("torch."),
         extra={"recovery": recovery_recipe(recovery_report, source_name(calibration))},
     )
-    smoke_clip = None
-    if smoke_test:
-        smoke_clip = kept[0] if kept else first_clips(calibration, 1)[0]
-    out_dir, smoke = export(lite.to("cpu"), out_dir, str(model), recipe, base_config=base.config, smoke_clip=smoke_clip,
-                            overwrite=overwrite)
+
+    def write_repo():
+        if not processes.is_main:
+            return out_dir, None
+        smoke_clip = None
+        if smoke_test:
+            smoke_clip = kept[0] if kept else first_clips(calibration, 1)[0]
+        return export(lite.to("cpu"), out_dir, str(model), recipe, base_config=base.config, smoke_clip=smoke_clip,
+                      overwrite=overwrite)
+
+    out_dir, smoke = processes.run(write_repo, "export")
     return CompressResult(
         out_dir=out_dir,
         low_rank_config=low_rank_config,

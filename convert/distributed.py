@@ -33,17 +33,18 @@ class Processes:
     def __enter__(self) -> "Processes":
         return self
 
-    def __exit__(self, *exc_info) -> None:
-        self.close()
+    def __exit__(self, exc_type, exc, traceback) -> None:
+        self.close(wait=exc_type is None)
 
-    def close(self) -> None:
-        """Wait for every process, then tear the process group down.
+    def close(self, wait: bool = True) -> None:
+        """Wait for every process (unless this one is failing), then tear the process group down.
 
         A gloo group left to interpreter shutdown can abort the process ("terminate called without an active
         exception") after all the work is done, so every job ends here.
         """
         if self.count > 1:
-            self.wait()
+            if wait:
+                self.wait()
             self.state.destroy_process_group()
 
     @property
@@ -74,6 +75,11 @@ class Processes:
         from accelerate.utils import reduce
 
         return reduce(tensor.to(self.collective_device), reduction="sum").to(tensor.device)
+
+    def sum_in_place(self, tensor: torch.Tensor) -> None:
+        """`sum`, written back into `tensor` (the all-reduce signature `calibration.reduce_stats` takes)."""
+        if self.count > 1:
+            tensor.copy_(self.sum(tensor))
 
     def gather(self, items: List[T]) -> List[T]:
         """The concatenation of every process's list, in process order."""

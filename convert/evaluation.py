@@ -25,6 +25,7 @@ Conventions (those of the Open ASR leaderboard):
 
 import datetime
 import functools
+import itertools
 import json
 import platform
 import time
@@ -331,50 +332,71 @@ def evaluate_dataset(
     generate_kwargs: Optional[dict] = None,
     progress: bool = True,
     fallback: bool = False,
+    processes=None,
 ) -> dict:
-    """WER, RTFx and counts for one data source; `transcripts` lists (name, reference, hypothesis)."""
+    """WER, RTFx and counts for one data source; `transcripts` lists (name, reference, hypothesis) in source order.
+
+    Under data parallelism (`processes`, a distributed.Processes with count > 1) this process transcribes every
+    count-th utterance; the per-utterance results are gathered, so every process returns the WER of the whole
+    set, equal to one process's. RTFx is then the job's: all audio over the slowest process's wall time.
+    """
     from tqdm.auto import tqdm
 
-    skipped = []
+    from .distributed import Processes
 
-    def scorable(utterances):
-        for utterance in utterances:
-            if normalize(utterance.text):
-                yield utterance
-            else:
-                skipped.append(utterance.name)
-
+    processes = processes if processes is not None else Processes()
+    index, count = processes.shard
+    expected = _expected_count(source, limit)
     bar = tqdm(
-        total=_expected_count(source, limit), desc=source_name(source), unit="utt", disable=not progress,
-        dynamic_ncols=True,
+        total=len(range(index, expected, count)) if expected is not None else None, desc=source_name(source),
+        unit="utt", disable=not (progress and processes.is_main), dynamic_ncols=True,
     )
-    references, hypotheses, names = [], [], []
-    audio_seconds = wall_seconds = 0.0
-    try:
-        stream = scorable(iter_utterances(source, limit=limit))
+    scored, skipped = [], []  # scored: (position in the source, name, reference, hypothesis, seconds)
+    wall_seconds = 0.0
+
+    def transcribe_shard():
+        nonlocal wall_seconds
+        positions = {}  # utterance name -> position in the source
+
+        def scorable(utterances):
+            for position, utterance in zip(itertools.count(index, count), utterances):
+                if normalize(utterance.text):
+                    positions[utterance.name] = position
+                    yield utterance
+                else:
+                    skipped.append(utterance.name)
+
+        stream = scorable(iter_utterances(source, limit=limit, shard=processes.shard))
         for batch, texts, seconds in transcribe_batches(model, processor, stream, batch_size, language, generate_kwargs,
                                                         fallback):
-            references += [utterance.text for utterance in batch]
-            names += [utterance.name for utterance in batch]
-            hypotheses += texts
-            audio_seconds += sum(utterance.seconds for utterance in batch)
+            scored.extend((positions[utterance.name], utterance.name, utterance.text, text, utterance.seconds)
+                          for utterance, text in zip(batch, texts))
             wall_seconds += seconds
-            bar.update(len(references) + len(skipped) - bar.n)
-            bar.set_postfix(rtfx=f"{audio_seconds / max(wall_seconds, 1e-9):.1f}")
+            bar.update(len(scored) + len(skipped) - bar.n)
+            audio_so_far = sum(entry[-1] for entry in scored)
+            bar.set_postfix(rtfx=f"{audio_so_far / max(wall_seconds, 1e-9):.1f}")
+
+    try:
+        processes.run(transcribe_shard, f"evaluation on {source}")
     finally:
         bar.close()
-    if not references:
+    scored = sorted(processes.gather(scored))
+    skipped_count = len(processes.gather(skipped))
+    wall_seconds = max(processes.gather([wall_seconds]))
+    if not scored:
         raise EvaluationError(
             f"{source}: no utterance has a reference text to score against "
-            f"({len(skipped)} skipped with a missing or empty reference)"
+            f"({skipped_count} skipped with a missing or empty reference)"
         )
+    _, names, references, hypotheses, seconds = zip(*scored)
+    audio_seconds = float(sum(seconds))
     return {
         "wer": word_error_rate(references, hypotheses),
         "num_utterances": len(references),
         "audio_seconds": audio_seconds,
         "wall_seconds": wall_seconds,
         "rtfx": audio_seconds / wall_seconds if wall_seconds > 0 else float("inf"),
-        "skipped_empty_references": len(skipped),
+        "skipped_empty_references": skipped_count,
         "source": str(source),
         "transcripts": [
             {"name": name, "reference": reference, "hypothesis": hypothesis}
@@ -397,6 +419,7 @@ def evaluate(
     model=None,
     processor=None,
     fallback: bool = False,
+    processes=None,
 ) -> dict:
     """Evaluate one model on each data source; returns the results schema (see the module docstring).
 
@@ -405,14 +428,20 @@ def evaluate(
     or `open-asr-leaderboard`. `limit`: at most this many utterances read per source. With
     `keep_transcripts`, each set's entry keeps its (name, reference, hypothesis) list. `fallback=True` decodes
     with Whisper's temperature fallback (FALLBACK) instead of plain greedy: report it beside a greedy result.
+
+    Data parallelism: call this on every process of an `accelerate launch` job with the job's `processes` and
+    each process's own `device`; each process transcribes its shard and every process returns the same results.
     """
+    from .distributed import Processes
+
+    processes = processes if processes is not None else Processes()
     sources = expand_sources(data_sources)
     if model is None or processor is None:
         model, processor = load_model(model_id_or_path, device=device, dtype=dtype)
     datasets = {}
     for source in sources:
         result = evaluate_dataset(model, processor, source, limit, batch_size, language, generate_kwargs, progress,
-                                  fallback)
+                                  fallback, processes)
         if not keep_transcripts:
             result.pop("transcripts")
         datasets[_unique_name(source_name(source), datasets)] = result
@@ -428,6 +457,7 @@ def evaluate(
             if isinstance(value, (str, int, float, bool))
         } | ({"fallback": True, "temperature": list(FALLBACK["temperature"])} if fallback else {}),
         "batch_size": batch_size,
+        "processes": processes.count,
         "limit": limit,
         "device": str(model.device),
         "dtype": str(model.dtype).removeprefix("torch."),

@@ -270,13 +270,16 @@ def smoke_test(folder, base_model: str, audio: np.ndarray, clip_name: str = "cli
         env = {key: value for key, value in os.environ.items() if key != "PYTHONPATH"}
         command = [sys.executable, "-I", "-c", _SMOKE_SCRIPT, str(folder), base, str(clip), str(SMOKE_TEST_MAX_NEW_TOKENS)]
         try:
-            result = subprocess.run(command, cwd=scratch, env=env, capture_output=True, text=True, timeout=timeout)
+            # No stdin: under a launcher stdin may be a terminal, and a prompt must never wait for an answer.
+            result = subprocess.run(command, cwd=scratch, env=env, stdin=subprocess.DEVNULL, capture_output=True,
+                                    text=True, timeout=timeout)
         except subprocess.TimeoutExpired:
             raise SmokeTestError(f"smoke test: reloading and transcribing took over {timeout:.0f} s") from None
-    lines = [line for line in result.stdout.splitlines() if line.startswith("SMOKE ")]
-    if result.returncode != 0 or not lines:
-        raise SmokeTestError(f"smoke test: the exported folder did not reload and transcribe:\n{result.stderr[-3000:]}")
-    texts = json.loads(lines[-1][len("SMOKE "):])
+    _, marker, answer = result.stdout.rpartition("SMOKE ")  # libraries may print before it on the same line
+    if result.returncode != 0 or not marker:
+        raise SmokeTestError(f"smoke test: the exported folder did not reload and transcribe (exit status "
+                             f"{result.returncode}):\n{result.stderr[-3000:]}\nstdout: {result.stdout[-1000:]}")
+    texts = json.loads(answer.splitlines()[0])
     if texts["stock"] and not texts["lite"]:
         raise SmokeTestError(f"smoke test: the LiteWhisper model transcribed {clip_name} as empty text "
                              f"(stock: {texts['stock']!r})")

@@ -451,11 +451,7 @@ def recover(
         started = time.perf_counter()
         refit_clips = train[: settings.refit_clips]
         refit_features = log_mel_features(feature_extractor, refit_clips[index::count])
-        all_reduce = processes.sum if processes is not None and processes.count > 1 else None
-        reduce_in_place = None
-        if all_reduce is not None:
-            def reduce_in_place(tensor):
-                tensor.copy_(all_reduce(tensor))
+        reduce_in_place = processes.sum_in_place if processes is not None and processes.count > 1 else None
         before_refit = {name: parameter.detach().clone() for name, parameter in trainable_parameters(lite).items()}
         refit_least_squares(lite, stock, refit_features, settings.ridge, progress=progress, all_reduce=reduce_in_place)
         del refit_features
