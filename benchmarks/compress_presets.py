@@ -43,7 +43,7 @@ def score(folder, eval_set: str, batch_size: int) -> dict:
     results = evaluate(str(folder), [eval_set], batch_size=batch_size, progress=False, keep_transcripts=True)
     (result,) = results["datasets"].values()
     return {"wer": result["wer"], "loops": looping(result["transcripts"]), "encoder_params": results["encoder_params"],
-            "rtfx": result["rtfx"], "machine": results["machine"]}
+            "encoder_gflops": results["encoder_gflops"], "rtfx": result["rtfx"], "machine": results["machine"]}
 
 
 def build(args, name: str, stats_path: Path, frames: str, smoke: bool, **request) -> dict:
@@ -71,6 +71,8 @@ def main() -> int:
     parser.add_argument("--eval-batch-size", type=int, default=16)
     parser.add_argument("--work", required=True, help="scratch folder for stats files and repos")
     parser.add_argument("--presets", nargs="+", default=["acc", "balanced", "fast"])
+    parser.add_argument("--targets", nargs="*", default=[], metavar="SIZE",
+                        help="also build at these encoder sizes (ratios of the stock encoder, e.g. 0.7 0.6, or counts)")
     parser.add_argument("--ablation", nargs="*", default=[], metavar="PRESET",
                         help="also score the threshold policy and all-frames statistics at these presets' sizes")
     parser.add_argument("--recovery", default="none", choices=("none", "auto", "refit", "distill"),
@@ -103,6 +105,7 @@ def main() -> int:
     save()
     print(f"stock: WER {stock['wer']:.2f}", flush=True)
     runs = [(preset, "sensitivity", "real") for preset in args.presets]
+    runs += [(f"{target}x", "sensitivity", "real") for target in args.targets]
     for preset in args.ablation:
         runs += [(preset, "threshold", "real"), (preset, "sensitivity", "all"), (preset, "threshold", "all")]
     for preset, policy, frames in runs:
@@ -112,13 +115,21 @@ def main() -> int:
             continue
         # Every run lands on the official size of its preset: the sensitivity policy fills it, the threshold
         # policy bisects one threshold to it (on real-frame statistics that is the preset's thresholds).
-        record = build(args, name, stats_path, frames, smoke=(policy, frames) == ("sensitivity", "real"),
-                       **({"preset": preset} if policy == "sensitivity" else
-                          {"target_encoder_params": str(OFFICIAL_ENCODER_PARAMS[args.family][preset])}),
-                       policy=policy)
-        record.update(preset=preset, policy=policy, **score(Path(args.work) / name, args.eval, args.eval_batch_size))
+        if preset.endswith("x"):  # a size target, not a preset
+            request = {"target_encoder_params": preset[:-1]}
+        elif policy == "sensitivity":
+            request = {"preset": preset}
+        else:
+            request = {"target_encoder_params": str(OFFICIAL_ENCODER_PARAMS[args.family][preset])}
+        folder = name if args.recovery == "none" else f"{name}-{args.recovery}"
+        record = build(args, folder, stats_path, frames, smoke=(policy, frames) == ("sensitivity", "real"),
+                       policy=policy, **request)
+        record["name"] = name
+        record.update(preset=preset, policy=policy, **score(Path(args.work) / folder, args.eval, args.eval_batch_size))
         record["delta"] = record["wer"] - stock["wer"]
-        record["official_delta"] = OFFICIAL_WER_DELTA[args.family][preset]
+        record["official_delta"] = OFFICIAL_WER_DELTA[args.family].get(preset)
+        recipe = json.loads((Path(args.work) / folder / "compression_recipe.json").read_text())
+        record["recovery_report"] = recipe.get("extra", {}).get("recovery")
         record["peak_rss_gb"] = peak_rss_gb()
         report["runs"].append(record)
         save()
@@ -148,17 +159,54 @@ def table(report: dict) -> str:
         f"{report['stock']['wer']:.2f} | — | — | — | {report['stock']['loops']} |",
     ]
     for run in report["runs"]:
+        official_size = f"{official[run['preset']] / 1e6:.2f}M" if run["preset"] in official else "—"
+        official_delta = f"+{run['official_delta']:.2f}" if run.get("official_delta") is not None else "—"
         lines.append(
             f"| {run['preset']} | {run['policy']} | {run['frames']} | {run['encoder_params'] / 1e6:.2f}M | "
-            f"{official[run['preset']] / 1e6:.2f}M | {report['stock']['wer']:.2f} | {run['wer']:.2f} | "
-            f"{run['delta']:+.2f} | +{run['official_delta']:.2f} | {run['loops']} |"
+            f"{official_size} | {report['stock']['wer']:.2f} | {run['wer']:.2f} | "
+            f"{run['delta']:+.2f} | {official_delta} | {run['loops']} |"
         )
     return "\n".join(lines)
+
+
+def frontier_plot(paths, out: Path) -> Path:
+    """WER vs encoder parameters of one model's reports (recipe only and recovered), with the stock model and
+    the official LiteWhisper sizes marked."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from lite_whisper_convert.cards import frontier_series
+    from lite_whisper_convert.ranks import OFFICIAL_ENCODER_PARAMS
+
+    report = json.loads(Path(paths[0]).read_text())
+    figure, axes = plt.subplots(figsize=(6.4, 4.2), dpi=110)
+    for size in (size for preset, size in OFFICIAL_ENCODER_PARAMS[report["family"]].items() if preset != "stock"):
+        axes.axvline(size / 1e6, color="0.85", linewidth=1, zorder=0)
+    axes.scatter([report["stock"]["encoder_params"] / 1e6], [report["stock"]["wer"]], marker="*", s=180,
+                 color="black", zorder=3, label=f"{report['model']} (stock)")
+    for (label, points), style in zip(frontier_series(paths).items(), ("o-", "s-")):
+        axes.plot([params / 1e6 for params, _ in points], [wer for _, wer in points], style, markersize=5,
+                  label=label, zorder=2)
+    axes.set_xlabel("encoder parameters (millions); grey lines: official acc / balanced / fast sizes")
+    axes.set_yscale("log")  # repetition loops push WER into the hundreds
+    axes.set_ylabel(f"greedy WER (%, log scale), {report['eval']}")
+    axes.set_title(f"{report['model']}: WER vs encoder size, {report['num_samples']} calibration clips", fontsize=10)
+    axes.grid(alpha=0.3)
+    axes.legend(fontsize=8)
+    figure.tight_layout()
+    figure.savefig(out)
+    plt.close(figure)
+    return out
 
 
 if __name__ == "__main__":
     if len(sys.argv) > 1 and sys.argv[1] == "--table":  # re-print the table of saved reports
         for path in sys.argv[2:]:
             print(table(json.loads(Path(path).read_text())) + "\n")
+        sys.exit(0)
+    if len(sys.argv) > 1 and sys.argv[1] == "--plot":  # --plot OUT.png REPORT [REPORT...]: one model's curves
+        print(f"wrote {frontier_plot(sys.argv[3:], Path(sys.argv[2]))}")
         sys.exit(0)
     sys.exit(main())
