@@ -39,6 +39,9 @@ def _add_eval(subparsers) -> None:
                         help="default: float32 on CPU, float16 on GPU")
     parser.add_argument("--json", metavar="FILE", help="write the results here (the schema cards and benchmarks read)")
     parser.add_argument("--transcripts", action="store_true", help="keep every reference/hypothesis in the JSON")
+    parser.add_argument("--fallback", action="store_true",
+                        help="also decode with Whisper's temperature fallback (compression-ratio and log-prob checks) "
+                        "and report that WER beside the greedy one, under 'fallback' in the JSON")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.set_defaults(func=_run_eval)
 
@@ -60,14 +63,18 @@ def _device(requested, processes) -> str:
 def _run_eval(args) -> int:
     import torch
 
-    from .evaluation import evaluate, format_results, write_results
+    from .evaluation import evaluate, format_results, load_model, write_results
 
     with _processes(args.device) as processes:
-        results = evaluate(
-            args.model, args.data, limit=args.limit, batch_size=args.batch_size, language=args.language,
-            device=_device(args.device, processes), dtype=getattr(torch, args.dtype) if args.dtype else None,
-            progress=not args.no_progress, keep_transcripts=args.transcripts, processes=processes,
-        )
+        model, processor = load_model(args.model, device=_device(args.device, processes),
+                                      dtype=getattr(torch, args.dtype) if args.dtype else None)
+        settings = dict(limit=args.limit, batch_size=args.batch_size, language=args.language,
+                        progress=not args.no_progress, keep_transcripts=args.transcripts, model=model,
+                        processor=processor, processes=processes)
+        results = evaluate(args.model, args.data, **settings)
+        if args.fallback:  # a decoding safeguard, reported beside greedy and never instead of it
+            safeguarded = evaluate(args.model, args.data, fallback=True, **settings)
+            results["fallback"] = {key: safeguarded[key] for key in ("mean_wer", "datasets", "decoding")}
         if processes.is_main:
             print(format_results(results))
             if args.json:
@@ -126,6 +133,9 @@ def _add_card(subparsers) -> None:
     parser.add_argument("--recipe", metavar="FILE", help="JSON describing how the model was made (default: "
                         "compression_recipe.json in DIR, written by export)")
     parser.add_argument("--template", help="card template (default: model_cards/template.md)")
+    parser.add_argument("--frontier", nargs="+", default=(), metavar="FILE",
+                        help="benchmarks/compress_presets.py reports: add their WER-vs-size curves (recipe only, "
+                        "recovered) to the Pareto plot")
     parser.set_defaults(func=_run_card)
 
 
@@ -137,7 +147,7 @@ def _run_card(args) -> int:
 
     recipe = json.loads(Path(args.recipe).read_text(encoding="utf-8")) if args.recipe else None
     render_card(args.model_dir, args.results, base_model=args.base_model, repo_id=args.repo_id, license=args.license,
-                datasets=args.datasets, recipe=recipe, template=args.template)
+                datasets=args.datasets, recipe=recipe, template=args.template, frontier=args.frontier)
     print(f"wrote {Path(args.model_dir) / 'README.md'} and {Path(args.model_dir) / 'pareto.png'}")
     return 0
 
@@ -235,7 +245,8 @@ def _add_compress(subparsers) -> None:
     parser.add_argument("--recovery", choices=("auto", "none", "refit", "distill"), default="auto",
                         help="label-free recovery towards the stock encoder after the decomposition: 'none' is the "
                         "paper's recipe, 'refit' a closed-form least-squares refit of each factored linear, 'distill' "
-                        "the refit plus distillation steps; 'auto' (default): none for acc, refit otherwise")
+                        "the refit plus distillation steps; 'auto' (default): the preset's default, none for every preset "
+                        "(measured: the refit lowers the encoder's output error but raised WER on base)")
     parser.add_argument("--recover-steps", type=int, default=None, metavar="N",
                         help="distillation steps after the refit (0: no recovery at all, the paper's recipe)")
     parser.add_argument("--seed", type=int, default=0)

@@ -9,8 +9,8 @@ Stages (each a function the tests call directly):
     prepare_stats     calibration sums (or a stats file), spectra, explained variance, sensitivities  [stats file]
     plan_ranks        (ranks.py) low_rank_config for a preset, thresholds or a size target
     decompose         (decomposition.py) the LiteWhisper in memory
-    recover           (recovery.py) least-squares refit / distillation towards the stock encoder, no labels;
-                      by preset (acc: none; balanced, fast: refit), `recovery`/`recover_steps`, or any callable
+    recover           (recovery.py) optional least-squares refit / distillation towards the stock encoder, no
+                      labels (`recovery`/`recover_steps`; off by default, see recovery.PRESET_RECOVERY), or any callable
     export            (export.py) the repo folder, smoke-tested in a fresh process, renamed into place
 
 The stats file is the expensive artefact: given `stats_path`, it is written after the first run and reused by
@@ -210,9 +210,9 @@ def compress(
     a ratio of the stock encoder) chooses the ranks, with `policy` "sensitivity" (default) or "threshold".
     `dtype` is the calibration compute dtype; the repo is saved in float16. `recover`, when given, receives the
     decomposed LiteWhisper and returns the model to export. Before it, label-free recovery towards the stock
-    encoder runs on the first `num_samples` calibration clips: `recovery` "auto" (the preset's default: none for
-    acc, the least-squares refit for balanced, fast and size targets), "none" (the paper's recipe), "refit" or
-    "distill"; `recover_steps` N > 0 adds N distillation steps, 0 means none (see recovery.resolve_recovery).
+    encoder runs on the first `num_samples` calibration clips: `recovery` "auto" (recovery.PRESET_RECOVERY: none for
+    every preset, as measured), "none" (the paper's recipe), "refit" (least squares) or "distill" (refit +
+    distillation); `recover_steps` N > 0 adds N distillation steps, 0 means none (see recovery.resolve_recovery).
 
     Data parallelism: call this on every process of an `accelerate launch` job with the job's `processes` (a
     distributed.Processes) and each process's own `device`. Calibration, the sensitivity probe and recovery

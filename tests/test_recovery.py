@@ -134,8 +134,9 @@ def test_split_keeps_at_least_half_for_training():
 def test_presets_and_flags_resolve_to_settings():
     from lite_whisper_convert.recovery import RecoveryError, resolve_recovery
 
-    assert resolve_recovery("acc") is None  # the paper's recipe
-    fast = resolve_recovery("fast")
+    for preset in ("acc", "balanced", "fast", None):  # measured: no preset gains from recovery by default
+        assert resolve_recovery(preset) is None  # the paper's recipe
+    fast = resolve_recovery("fast", mode="refit")
     assert fast.refit and fast.steps == 0
     assert resolve_recovery("fast", steps=0) is None  # --recover-steps 0: the paper's recipe
     distill = resolve_recovery(None, steps=50, holdout=10)
