@@ -247,9 +247,26 @@ def pareto_front(points: List[tuple]) -> List[tuple]:
     return front
 
 
+def frontier_series(paths: Sequence) -> Dict[str, List[tuple]]:
+    """{"decomposition only" | "recovered (…)": [(encoder params, WER), ...]} from `benchmarks/compress_presets.py`
+    reports: the same model compressed to several sizes without and with recovery."""
+    series: Dict[str, List[tuple]] = {}
+    for path in paths:
+        report = json.loads(Path(path).read_text(encoding="utf-8"))
+        if "runs" not in report or "stock" not in report:
+            raise CardError(f"{path}: not a benchmarks/compress_presets.py report")
+        recovery = report.get("recovery", "none")
+        label = "decomposition only" if recovery == "none" else f"recovered ({recovery})"
+        points = series.setdefault(label, [])
+        points += [(run["encoder_params"], run["wer"]) for run in report["runs"]
+                   if run.get("policy", "sensitivity") == "sensitivity" and run.get("frames", "real") == "real"]
+    return {label: sorted(set(points)) for label, points in series.items()}
+
+
 def pareto_plot(this: ModelResult, base: ModelResult, others: List[ModelResult], path: Path,
-                base_label: str) -> Path:
-    """WER (mean over sets) vs encoder parameters for the stock model and every preset; this one highlighted."""
+                base_label: str, series: Optional[Dict[str, List[tuple]]] = None) -> Path:
+    """WER (mean over sets) vs encoder parameters for the stock model and every preset; this one highlighted.
+    `series` (frontier_series) adds the WER-vs-size curves of the same model without and with recovery."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -261,6 +278,9 @@ def pareto_plot(this: ModelResult, base: ModelResult, others: List[ModelResult],
     axes.plot(*zip(*front), color="0.75", linestyle="--", linewidth=1, zorder=1, label="Pareto front")
     axes.scatter([base.encoder_params / 1e6], [base.mean_wer], marker="*", s=180, color="black", zorder=3,
                  label=f"{base_label} (stock)")
+    for (label, points), style in zip((series or {}).items(), ("o:", "s-", "^-.", "v--")):
+        axes.plot([params / 1e6 for params, _ in points], [wer for _, wer in points], style, color="0.45",
+                  markersize=4, linewidth=1, zorder=2, label=label)
     for result in presets:
         mine = result is this
         axes.scatter([result.encoder_params / 1e6], [result.mean_wer], s=70 if mine else 40, zorder=4,
@@ -315,6 +335,7 @@ def render_card(
     recipe: Optional[dict] = None,
     template=None,
     write: bool = True,
+    frontier: Sequence = (),
 ):
     """Render `model_dir/README.md` (and `pareto.png`) from eval results; returns the `ModelCard`.
 
@@ -322,6 +343,8 @@ def render_card(
     snippet loads (default: the recipe's `repo_id`, else ORG/<folder name>). `datasets`: Hub ids of the
     calibration data for the metadata (default: the recipe's). `recipe`: how the model was made (default: the
     folder's compression_recipe.json, written by export); shown in the card, local paths shortened.
+    `frontier`: `benchmarks/compress_presets.py` reports whose WER-vs-size curves (recipe only, recovered) the
+    Pareto plot adds.
     """
     from huggingface_hub import ModelCard, ModelCardData
 
@@ -373,7 +396,7 @@ def render_card(
     if not template.is_file():
         raise FileNotFoundError(f"card template not found: {template} (model_cards/template.md in the repository)")
     if write:
-        pareto_plot(this, base, others, model_dir / PLOT_NAME, base_label)
+        pareto_plot(this, base, others, model_dir / PLOT_NAME, base_label, frontier_series(frontier))
     sets = [
         {"name": dataset_metadata(set_name, this.datasets[set_name])["dataset_name"],
          "num_utterances": this.datasets[set_name]["num_utterances"],

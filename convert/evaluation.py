@@ -498,4 +498,8 @@ def format_results(results: dict) -> str:
             + (f", {skipped} skipped (empty reference)" if skipped else "")
         )
     lines.append(f"  mean WER over {len(results['datasets'])} set(s): {results['mean_wer']:.2f}%  [{results['normalizer']}]")
+    if "fallback" in results:
+        wers = ", ".join(f"{name} {result['wer']:.2f}%" for name, result in results["fallback"]["datasets"].items())
+        lines.append(f"  with temperature fallback (a decoding safeguard, not the greedy metric): {wers}; "
+                     f"mean {results['fallback']['mean_wer']:.2f}%")
     return "\n".join(lines)

@@ -167,3 +167,25 @@ def test_card_cli(family, capsys):
     assert "**fast (this model)**" in card.text
     assert main(["card", str(family["fast"]), "--results", results[0], "--base-model", "x/y"]) == 2  # no traceback
     assert "no results for" in capsys.readouterr().err
+
+
+def test_frontier_reports_add_recipe_only_and_recovered_curves(tmp_path):
+    """compress_presets reports (one per recovery setting) become the Pareto plot's size/WER curves; other
+    policies and frames (ablations) stay out of them."""
+    from lite_whisper_convert.cards import frontier_series
+
+    def report(recovery, runs):
+        path = tmp_path / f"{recovery}.json"
+        path.write_text(json.dumps({"model": "tiny.en", "recovery": recovery, "stock": {"wer": 15.0},
+                                    "runs": runs}))
+        return path
+
+    run = lambda params, wer, **extra: {"encoder_params": params, "wer": wer, "policy": "sensitivity",
+                                        "frames": "real", **extra}
+    series = frontier_series([
+        report("none", [run(7.0e6, 15.5), run(5.3e6, 30.0), run(7.0e6, 40.0, policy="threshold")]),
+        report("refit", [run(5.3e6, 20.0)]),
+    ])
+    assert series == {"decomposition only": [(5.3e6, 30.0), (7.0e6, 15.5)], "recovered (refit)": [(5.3e6, 20.0)]}
+    with pytest.raises(CardError, match="not a benchmarks/compress_presets.py report"):
+        frontier_series([write_results({"model": "m", "datasets": {}}, tmp_path / "eval.json")])

@@ -207,6 +207,25 @@ def test_real_tiny_en_on_librispeech_mini(tiny_en_dir):
     assert result["rtfx"] > 0  # no speed threshold: shared CI machines are too noisy for one
 
 
+def test_fallback_decoding_is_reported_beside_greedy_never_instead(tiny_en_dir, tmp_path, capsys):
+    from lite_whisper_convert.cli import main
+
+    data = speech_set("librispeech-test-clean-mini")
+    out = tmp_path / "tiny.en.json"
+    assert main(["eval", str(tiny_en_dir), "--data", str(data), "--limit", "2", "--batch-size", "2", "--fallback",
+                 "--json", str(out), "--no-progress"]) == 0
+    results = json.loads(out.read_text())
+    greedy, safeguarded = results["datasets"][data.name], results["fallback"]["datasets"][data.name]
+    assert "fallback" not in results["decoding"] and results["decoding"]["num_beams"] == 1  # the primary metric
+    assert results["fallback"]["decoding"]["fallback"] is True
+    assert results["fallback"]["decoding"]["temperature"][0] == 0.0
+    assert safeguarded["num_utterances"] == greedy["num_utterances"] == 2
+    plain = evaluate(str(tiny_en_dir), [str(data)], limit=2, batch_size=2, progress=False)
+    assert greedy["wer"] == plain["datasets"][data.name]["wer"]  # --fallback leaves the greedy figure alone
+    assert 0.0 <= safeguarded["wer"] < 100.0
+    assert "with temperature fallback" in capsys.readouterr().out
+
+
 def test_hub_datasets_stream_through_the_same_path(tiny_folders, monkeypatch):
     """hf:// sources go through `datasets.load_dataset(..., streaming=True)` (faked here: no network)."""
     datasets = pytest.importorskip("datasets")
