@@ -186,7 +186,7 @@ def frontier_plot(paths, out: Path) -> Path:
         axes.axvline(size / 1e6, color="0.85", linewidth=1, zorder=0)
     axes.scatter([report["stock"]["encoder_params"] / 1e6], [report["stock"]["wer"]], marker="*", s=180,
                  color="black", zorder=3, label=f"{report['model']} (stock)")
-    for (label, points), style in zip(frontier_series(paths).items(), ("o-", "s-")):
+    for (label, points), style in zip(frontier_series(paths).items(), ("o-", "s-", "^-")):
         axes.plot([params / 1e6 for params, _ in points], [wer for _, wer in points], style, markersize=5,
                   label=label, zorder=2)
     axes.set_xlabel("encoder parameters (millions); grey lines: official acc / balanced / fast sizes")
