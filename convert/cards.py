@@ -290,7 +290,11 @@ def pareto_plot(this: ModelResult, base: ModelResult, others: List[ModelResult],
                       xytext=(6, 4), fontsize=8)
     axes.set_xlabel("encoder parameters (millions)")
     sets = list(this.datasets)
-    axes.set_ylabel(f"WER (%), mean over {len(sets)} sets" if len(sets) > 1 else f"WER (%), {sets[0]}")
+    log = any(wer > 3 * base.mean_wer for points in (series or {}).values() for _, wer in points)
+    if log:  # a curve that reaches repetition loops would flatten everything else
+        axes.set_yscale("log")
+    axes.set_ylabel((f"WER (%), mean over {len(sets)} sets" if len(sets) > 1 else f"WER (%), {sets[0]}")
+                    + (", log scale" if log else ""))
     axes.set_title(f"LiteWhisper presets of {base_label}: WER vs encoder size", fontsize=10)
     axes.grid(alpha=0.3)
     handles, labels = axes.get_legend_handles_labels()
