@@ -53,9 +53,10 @@ from .ranks import DEFAULT_POLICY, Thresholds, check_request, plan_ranks
 from .sensitivity import DEFAULT_LEVEL, DEFAULT_PROBE_CLIPS, measure_sensitivity, probe_description, probe_set
 
 logger = logging.getLogger(__name__)
-# Calibration frames per rank policy, measured on real tiny.en at the official sizes (greedy WER delta on
-# librispeech-test-other-60, acc/balanced/fast): sensitivity on real frames +0.36/+0.09/-0.62, on all frames
-# +0.71/+1.60/+0.98; threshold on all frames +0.27/+0.27/+35.6, on real frames +2.31/+16.4/+258 (loops).
+# Calibration frames per rank policy, measured on real tiny.en at the official sizes with the earlier sensitivity
+# probe (greedy WER delta on librispeech-test-other-60, acc/balanced/fast; compress_presets_tiny.en_earlier_probe
+# .json): sensitivity on real frames +0.36/+0.09/-0.62, on all frames +0.71/+1.60/+0.98; threshold on all frames
+# +0.27/+0.27/+35.6, on real frames +2.31/+16.4/+258 (loops). Not yet re-measured with the current probe.
 DEFAULT_FRAMES_BY_POLICY = {"sensitivity": "real", "threshold": "all"}
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
