@@ -7,6 +7,10 @@ encoder projections that get replaced are never allocated), swap the low-rank mo
 inherit every `forward` and `generate` unchanged. So SDPA/eager attention, fp16/bf16, `generate()` with
 language, task and timestamps, the ASR pipeline and `torch.compile` work as they do for Whisper.
 
+For inference (eval mode) the low-rank slots pick a faster layout in memory, without changing the checkpoint:
+a slot near break-even is merged back into one dense weight, and factored q/k/v slots of one attention layer
+run their first factors as one GEMM (`SharedFirstFactor`).
+
 This file travels verbatim to every Hub repo we publish: it imports torch and transformers only.
 """
 
@@ -43,9 +47,10 @@ AUTO_MAP = {
 
 # Two thin GEMMs run at lower efficiency than one fat one, so near break-even a factored layer is slower than
 # its dense product. For inference, a layer whose factored FLOPs exceed this fraction of the dense FLOPs is
-# multiplied back into one dense weight (in memory only). Thresholds per device type were measured with
-# benchmarks/layout_threshold.py; other devices use the CPU value.
-MERGE_ABOVE_FLOP_RATIO = {"cpu": 0.8, "cuda": 0.6}
+# multiplied back into one dense weight (in memory only). CPU: measured with benchmarks/layout_threshold.py
+# (tiny to small shapes, batch 1 and 8, fp32: the median factored/dense time ratio reaches 1 at FLOP ratio
+# 0.9). CUDA: an estimate until measured there (thin fp16 GEMMs lose more on GPUs). Other devices use the CPU value.
+MERGE_ABOVE_FLOP_RATIO = {"cpu": 0.9, "cuda": 0.6}
 
 
 class LowRankLinear(nn.Module):
@@ -70,6 +75,7 @@ class LowRankLinear(nn.Module):
         self.weight2 = nn.Parameter(torch.empty(rank, out_features, device=device, dtype=dtype))
         self.bias = nn.Parameter(torch.empty(out_features, device=device, dtype=dtype))
         self.register_buffer("merged_weight", None, persistent=False)  # [out, in] in the dense inference layout
+        self.shared_first_factor = None  # (SharedFirstFactor, index) while q/k/v run their first factors fused
 
     @classmethod
     def from_factors(cls, weight1: torch.Tensor, weight2: torch.Tensor, bias: torch.Tensor = None) -> "LowRankLinear":
@@ -119,6 +125,7 @@ class LowRankLinear(nn.Module):
     def refresh_inference_layout(self) -> None:
         """Merge the factors for inference where dense is faster on this device; unmerge in training."""
         threshold = MERGE_ABOVE_FLOP_RATIO.get(self.weight1.device.type, MERGE_ABOVE_FLOP_RATIO["cpu"])
+        self.shared_first_factor = None  # the attention layer regroups its slots after they refreshed
         if self.training or self.weight1.is_meta or self.factored_flop_ratio() <= threshold:
             self.merged_weight = None
         else:
@@ -140,14 +147,63 @@ class LowRankLinear(nn.Module):
         self.refresh_inference_layout()
 
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
-        if self.merged_weight is not None and not (torch.is_grad_enabled() and self.weight1.requires_grad):
+        inference = not (torch.is_grad_enabled() and self.weight1.requires_grad)
+        if self.merged_weight is not None and inference:
             return nn.functional.linear(hidden_states, self.merged_weight, self.bias)
-        # [..., in] -> [..., r] -> [..., out]; F.linear on the transposed views runs as two GEMMs, no copies.
-        low_rank = nn.functional.linear(hidden_states, self.weight1.T)
-        return nn.functional.linear(low_rank, self.weight2.T, self.bias)
+        if self.shared_first_factor is not None and inference:
+            group, index = self.shared_first_factor
+            low_rank = group.first_factor(hidden_states, index)
+        else:
+            # [..., in] -> [..., r]; F.linear on the transposed view runs as one GEMM, no copy.
+            low_rank = nn.functional.linear(hidden_states, self.weight1.T)
+        return nn.functional.linear(low_rank, self.weight2.T, self.bias)  # [..., r] -> [..., out]
 
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, rank={self.rank}"
+
+
+class SharedFirstFactor:
+    """q_proj, k_proj and v_proj read the same input: run their first factors as one GEMM.
+
+    Inference layout for an encoder self-attention whose q/k/v slots include two or more factored (unmerged)
+    `LowRankLinear`s: the first member called computes x @ [weight1_q | weight1_k | weight1_v] once and the
+    others take their slice of it, matched by the identity of the input tensor (any other input is computed
+    afresh, so a caller that feeds the slots different inputs still gets exact results). The product is held
+    only until every member has taken its slice. Not a module and not saved: rebuilt with the layout.
+    """
+
+    def __init__(self, members: list):
+        self.ranks = [member.rank for member in members]
+        with torch.no_grad():
+            self.weight = torch.cat([member.weight1.T for member in members]).contiguous()  # [sum r, in]
+        self._latest = None  # [input, slices, members still to take theirs]
+
+    def first_factor(self, hidden_states: torch.Tensor, index: int) -> torch.Tensor:
+        latest = self._latest  # one read: a concurrent call may replace it, never change it under us
+        if latest is None or latest[0] is not hidden_states:
+            slices = nn.functional.linear(hidden_states, self.weight).split(self.ranks, dim=-1)  # [..., r_i] each
+            latest = self._latest = [hidden_states, slices, len(self.ranks)]
+        latest[2] -= 1
+        if latest[2] <= 0 and self._latest is latest:
+            self._latest = None
+        return latest[1][index]
+
+
+def _share_first_factors(attention: nn.Module) -> None:
+    """Group an attention layer's factored q/k/v slots under one SharedFirstFactor (inference layout only)."""
+    slots = [getattr(attention, name) for name in ("q_proj", "k_proj", "v_proj")]
+    members = [
+        slot for slot in slots
+        if isinstance(slot, LowRankLinear) and not slot.training and slot.merged_weight is None
+        and not slot.weight1.is_meta
+    ]
+    for slot in slots:
+        if isinstance(slot, LowRankLinear):
+            slot.shared_first_factor = None
+    if len(members) >= 2 and len({(m.in_features, m.weight1.device, m.weight1.dtype) for m in members}) == 1:
+        group = SharedFirstFactor(members)
+        for index, member in enumerate(members):
+            member.shared_first_factor = (group, index)
 
 
 def _build_stock_layout_on_meta(build, config) -> torch.device:
@@ -244,6 +300,22 @@ class LiteWhisperEncoder(LiteWhisperPreTrainedModel, WhisperEncoder):
                 dense = getattr(owner, slot)  # on meta: never allocated
                 setattr(owner, slot, LowRankLinear(dense.in_features, dense.out_features, rank, device="meta"))
         _materialize(self, device)
+        self.register_load_state_dict_post_hook(lambda encoder, _: encoder.refresh_inference_layout())
+
+    def refresh_inference_layout(self) -> None:
+        """Regroup each layer's q/k/v first factors after the slots chose merged or factored (see LowRankLinear)."""
+        for layer in self.layers:
+            _share_first_factors(layer.self_attn)
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        self.refresh_inference_layout()
+        return self
+
+    def _apply(self, fn, *args, **kwargs):
+        super()._apply(fn, *args, **kwargs)
+        self.refresh_inference_layout()
+        return self
 
 
 class LiteWhisperModel(LiteWhisperPreTrainedModel, WhisperModel):

@@ -2,10 +2,14 @@
 
 For each Whisper family and preset size, one run times, interleaved and side by side on the same input:
   - the stock encoder (dense),
-  - the LiteWhisper encoder as stored: every low-rank slot as two thin GEMMs ("factored"),
+  - the LiteWhisper encoder with every low-rank slot as two thin GEMMs ("factored"; q/k/v first factors fused),
   - the LiteWhisper encoder in its inference layout: slots merged back to dense where that is cheaper ("layout"),
 and reports time ratios (lite / stock) next to the FLOP ratio (lite FLOPs / stock FLOPs for a 30 s window).
 The goal is time ratio <= 1.05 x FLOP ratio on CPU (<= 1.15 x on GPU).
+
+"reduced-attn layers" counts the layers where attention in the reduced dimension (LiteASR §3.2: scores from the
+rank-r q/k projections, values through v's rank) would need fewer FLOPs than per-head attention: with T = 1500
+the T² terms dominate, so that needs min(r_q, r_k) < head_dim or r_v < head_dim.
 
 Ranks: `--lite DIR` times the ranks of real LiteWhisper folders (e.g. the tiny.en/base presets made by
 `lite-whisper compress`); otherwise each family gets uniform ranks (the same fraction of every slot's
@@ -21,8 +25,6 @@ timing depends on shapes only.
 import argparse
 import copy
 import json
-import statistics
-import time
 from pathlib import Path
 
 import torch
@@ -34,6 +36,7 @@ from configuration_lite_whisper import LOW_RANK_SLOTS, LiteWhisperConfig, slot_s
 from lite_whisper_convert.evaluation import machine_info
 from lite_whisper_convert.measures import encoder_flops, encoder_parameters
 from lite_whisper_convert.ranks import OFFICIAL_ENCODER_PARAMS
+from timing import median_times
 
 FAMILIES = {  # d_model, layers, heads, ffn, mel bins
     "tiny": (384, 4, 6, 1536, 80),
@@ -70,6 +73,17 @@ def uniform_ranks(config: dict, target_params: float) -> list:
     return ranks_at(low)
 
 
+def reduced_attention_layers(config: dict, low_rank_config: list) -> int:
+    """Layers where reduced-dimension attention would cut the T² work (see the module docstring)."""
+    head_dim = config["d_model"] // config["encoder_attention_heads"]
+    count = 0
+    for ranks in low_rank_config or []:
+        scores = "q_proj" in ranks and "k_proj" in ranks and min(ranks["q_proj"], ranks["k_proj"]) < head_dim
+        values = "v_proj" in ranks and ranks["v_proj"] < head_dim
+        count += bool(scores or values)
+    return count
+
+
 def set_layout(encoder, merged: bool) -> None:
     """Inference layout on (merge where cheaper, as loaded models do) or off (every slot factored)."""
     thresholds = dict(modeling_lite_whisper.MERGE_ABOVE_FLOP_RATIO)
@@ -79,24 +93,6 @@ def set_layout(encoder, merged: bool) -> None:
         encoder.eval()
     finally:
         modeling_lite_whisper.MERGE_ABOVE_FLOP_RATIO.update(thresholds)
-
-
-def median_times(functions, repeats, device):
-    def synchronize():
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-
-    times = [[] for _ in functions]
-    for function in functions:  # warm-up (and compilation)
-        function()
-    for _ in range(repeats):
-        for index, function in enumerate(functions):
-            synchronize()
-            start = time.perf_counter()
-            function()
-            synchronize()
-            times[index].append(time.perf_counter() - start)
-    return [statistics.median(series) for series in times]
 
 
 def cases(args):
@@ -130,8 +126,8 @@ def main(argv=None):
     where = machine["gpu"] or f"{machine['cpu']}, {machine['threads']} threads"
     print(f"Machine: {where}; torch {machine['torch']}, transformers {machine['transformers']}; {machine['date']}")
     print(f"{args.dtype}, 30 s windows, median of {args.repeats} interleaved repeats\n")
-    columns = ["case", "batch", "encoder params", "FLOP ratio", "stock s", "factored ratio", "layout ratio",
-               "layout / FLOP ratio"] + (["compiled stock s", "compiled layout ratio"] if args.compile else [])
+    columns = ["case", "batch", "encoder params", "reduced-attn layers", "FLOP ratio", "stock s", "factored ratio",
+               "layout ratio", "layout / FLOP ratio"] + (["compiled stock s", "compiled layout ratio"] if args.compile else [])
     print("| " + " | ".join(columns) + " |\n|" + "---|" * len(columns))
     rows = []
     torch.manual_seed(0)
@@ -155,13 +151,15 @@ def main(argv=None):
                 times = median_times(functions, args.repeats, device)
                 row = {
                     "case": label, "batch": batch, "encoder_params": encoder_parameters(lite_config),
+                    "reduced_attention_layers": reduced_attention_layers(config, low_rank_config),
                     "flop_ratio": flop_ratio, "stock_seconds": times[0],
                     "factored_time_ratio": times[1] / times[0], "layout_time_ratio": times[2] / times[0],
                 }
                 if args.compile:
                     row.update(compiled_stock_seconds=times[3], compiled_layout_time_ratio=times[4] / times[3])
                 rows.append(row)
-                cells = [label, str(batch), f"{row['encoder_params'] / 1e6:.2f}M", f"{flop_ratio:.3f}",
+                cells = [label, str(batch), f"{row['encoder_params'] / 1e6:.2f}M",
+                         f"{row['reduced_attention_layers']}/{config['encoder_layers']}", f"{flop_ratio:.3f}",
                          f"{times[0]:.3f}", f"{row['factored_time_ratio']:.3f}", f"{row['layout_time_ratio']:.3f}",
                          f"{row['layout_time_ratio'] / flop_ratio:.3f}"]
                 if args.compile:

@@ -5,16 +5,20 @@ y = x·Wᵀ + b on a 30 s window (1500 positions) and prints, per shape, the tim
 ratio. The factored form pays while time ratio < 1; the merge threshold in modeling_lite_whisper.py is the
 FLOP ratio above which it stops paying. Timings interleave the two forms and take medians.
 
-    python benchmarks/layout_threshold.py [--device cuda --dtype float16] [--batch 1] [--repeats 7]
+    python benchmarks/layout_threshold.py [--device cuda --dtype float16] [--batch 1 8] [--repeats 7]
+
+The last row gives, per FLOP ratio, the median time ratio over the shapes; the threshold is where it reaches 1.
 """
 
 import argparse
+import json
 import statistics
-import time
+from pathlib import Path
 
 import torch
 
 from lite_whisper_convert.evaluation import machine_info
+from timing import median_times
 
 SHAPES = {  # (in, out) of the attention projections and the two MLP layers, per family
     "tiny": [(384, 384), (384, 1536), (1536, 384)],
@@ -22,64 +26,65 @@ SHAPES = {  # (in, out) of the attention projections and the two MLP layers, per
     "small": [(768, 768), (768, 3072), (3072, 768)],
     "large-v3": [(1280, 1280), (1280, 5120), (5120, 1280)],
 }
-FLOP_RATIOS = (0.3, 0.5, 0.6, 0.7, 0.8, 0.9)
-
-
-def synchronize(device):
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-
-
-def median_times(functions, repeats, device):
-    times = [[] for _ in functions]
-    for _ in range(repeats):
-        for index, function in enumerate(functions):
-            synchronize(device)
-            start = time.perf_counter()
-            function()
-            synchronize(device)
-            times[index].append(time.perf_counter() - start)
-    return [statistics.median(series) for series in times]
+FLOP_RATIOS = (0.3, 0.5, 0.6, 0.7, 0.8, 0.85, 0.9, 0.95)
+RESULTS = Path(__file__).resolve().parent / "results"
 
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--dtype", default="float32")
-    parser.add_argument("--batch", type=int, default=1)
+    parser.add_argument("--batch", type=int, nargs="+", default=[1])
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--families", nargs="+", default=list(SHAPES))
+    parser.add_argument("--out", default=None, help="JSON results file (default: benchmarks/results/...)")
     args = parser.parse_args(argv)
     device, dtype = torch.device(args.device), getattr(torch, args.dtype)
     machine = machine_info()
     device_name = machine["gpu"] or f"{machine['cpu']}, {machine['threads']} threads"
-    print(f"Machine: {device_name}; torch {machine['torch']}; {machine['date']}; {args.dtype}, batch {args.batch}\n")
-    print("| family | in x out | " + " | ".join(f"flops {ratio:.1f}" for ratio in FLOP_RATIOS) + " |")
-    print("|---|---|" + "---|" * len(FLOP_RATIOS))
+    print(f"Machine: {device_name}; torch {machine['torch']}; {machine['date']}; {args.dtype}\n")
+    print("| family | in x out | batch | " + " | ".join(f"flops {ratio:.2f}" for ratio in FLOP_RATIOS) + " |")
+    print("|---|---|---|" + "---|" * len(FLOP_RATIOS))
+    rows = []
     with torch.no_grad():
-        for family in args.families:
-            for in_features, out_features in SHAPES[family]:
-                x = torch.randn(args.batch, 1500, in_features, device=device, dtype=dtype)
-                dense = torch.randn(out_features, in_features, device=device, dtype=dtype)
-                bias = torch.randn(out_features, device=device, dtype=dtype)
-                cells = []
-                for ratio in FLOP_RATIOS:
-                    rank = max(16, round(ratio * in_features * out_features / (in_features + out_features) / 16) * 16)
-                    weight1 = torch.randn(in_features, rank, device=device, dtype=dtype)
-                    weight2 = torch.randn(rank, out_features, device=device, dtype=dtype)
-                    dense_time, factored_time = median_times(
-                        [
-                            lambda: torch.nn.functional.linear(x, dense, bias),
-                            lambda: torch.nn.functional.linear(
-                                torch.nn.functional.linear(x, weight1.T), weight2.T, bias
-                            ),
-                        ],
-                        args.repeats,
-                        device,
-                    )
-                    cells.append(f"{factored_time / dense_time:.2f}")
-                print(f"| {family} | {in_features}x{out_features} | " + " | ".join(cells) + " |")
+        for batch in args.batch:
+            for family in args.families:
+                for in_features, out_features in SHAPES[family]:
+                    ratios = time_ratios(in_features, out_features, batch, args.repeats, device, dtype)
+                    rows.append({"family": family, "in": in_features, "out": out_features, "batch": batch,
+                                 "time_ratios": dict(zip(map(str, FLOP_RATIOS), ratios))})
+                    cells = " | ".join(f"{ratio:.2f}" for ratio in ratios)
+                    print(f"| {family} | {in_features}x{out_features} | {batch} | {cells} |", flush=True)
+    medians = [statistics.median(row["time_ratios"][str(ratio)] for row in rows) for ratio in FLOP_RATIOS]
+    print("| median | | | " + " | ".join(f"{ratio:.2f}" for ratio in medians) + " |")
     print("\nCells: factored time / dense time at the given factored/dense FLOP ratio (< 1: factored is faster).")
+    out = Path(args.out) if args.out else RESULTS / f"layout_threshold-{args.device}-{machine['date'][:10]}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({"machine": machine, "dtype": args.dtype, "repeats": args.repeats, "rows": rows,
+                               "median_time_ratios": dict(zip(map(str, FLOP_RATIOS), medians))}, indent=2) + "\n")
+    print(f"wrote {out}")
+
+
+def time_ratios(in_features, out_features, batch, repeats, device, dtype) -> list:
+    """Factored / dense time of one linear on a batch of 30 s windows, at each FLOP ratio of the sweep."""
+    x = torch.randn(batch, 1500, in_features, device=device, dtype=dtype)
+    dense = torch.randn(out_features, in_features, device=device, dtype=dtype)
+    bias = torch.randn(out_features, device=device, dtype=dtype)
+    ratios = []
+    for ratio in FLOP_RATIOS:
+        rank = max(16, round(ratio * in_features * out_features / (in_features + out_features) / 16) * 16)
+        weight1 = torch.randn(in_features, rank, device=device, dtype=dtype)
+        weight2 = torch.randn(rank, out_features, device=device, dtype=dtype)
+        dense_time, factored_time = median_times(
+            [
+                lambda: torch.nn.functional.linear(x, dense, bias),
+                lambda: torch.nn.functional.linear(torch.nn.functional.linear(x, weight1.T), weight2.T, bias),
+            ],
+            repeats,
+            device,
+        )
+        ratios.append(factored_time / dense_time)
+    return ratios
 
 
 if __name__ == "__main__":

@@ -259,7 +259,8 @@ def test_building_a_large_v3_encoder_allocates_only_what_it_keeps():
 
 def test_inference_layout_merges_only_where_dense_is_cheaper_and_never_changes_results():
     torch.manual_seed(0)
-    near_break_even = LowRankLinear.from_factors(torch.randn(64, 28), torch.randn(28, 64), torch.randn(64))
+    # rank 30 of 64x64: 0.94 of the dense FLOPs, above every device's merge threshold
+    near_break_even = LowRankLinear.from_factors(torch.randn(64, 30), torch.randn(30, 64), torch.randn(64))
     thin = LowRankLinear.from_factors(torch.randn(64, 8), torch.randn(8, 64), torch.randn(64))
     x = torch.randn(3, 64)
     factored = near_break_even(x)
@@ -270,6 +271,28 @@ def test_inference_layout_merges_only_where_dense_is_cheaper_and_never_changes_r
     assert "merged_weight" not in near_break_even.state_dict()
     near_break_even.train()
     assert near_break_even.merged_weight is None
+
+
+def test_factored_q_k_v_share_one_first_factor_gemm_without_changing_results(dense_and_lite):
+    _, lite = dense_and_lite
+    attention = lite.model.encoder.layers[0].self_attn  # q, k, v all factored
+    slots = [attention.q_proj, attention.k_proj, attention.v_proj]
+    groups = {id(slot.shared_first_factor[0]) for slot in slots}
+    assert len(groups) == 1 and slots[0].shared_first_factor[0].weight.shape == (16 + 16 + 24, 64)
+    assert lite.model.encoder.layers[1].self_attn.k_proj.shared_first_factor is None  # alone in its layer
+    x, other = torch.randn(2, 5, 64), torch.randn(2, 5, 64)
+    with torch.no_grad():
+        fused = [slot(x) for slot in slots]
+        assert slots[0].shared_first_factor[0]._latest is None  # the product is not held once all took theirs
+        mixed = [slots[0](x), slots[1](other), slots[2](x)]  # a caller feeding different inputs is still exact
+        lite.train()
+        assert all(slot.shared_first_factor is None for slot in slots)
+        separate = [slot(x) for slot in slots]
+        separate_other = slots[1](other)
+    for got, expected in zip(fused, separate):
+        torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(mixed[1], separate_other, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(mixed[2], separate[2], atol=1e-5, rtol=1e-5)
 
 
 def test_gradients_reach_the_factors_even_in_eval_mode():
