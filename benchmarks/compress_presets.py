@@ -176,6 +176,7 @@ def frontier_plot(paths, out: Path) -> Path:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import matplotlib.ticker
 
     from lite_whisper_convert.cards import frontier_series
     from lite_whisper_convert.ranks import OFFICIAL_ENCODER_PARAMS
@@ -186,12 +187,18 @@ def frontier_plot(paths, out: Path) -> Path:
         axes.axvline(size / 1e6, color="0.85", linewidth=1, zorder=0)
     axes.scatter([report["stock"]["encoder_params"] / 1e6], [report["stock"]["wer"]], marker="*", s=180,
                  color="black", zorder=3, label=f"{report['model']} (stock)")
-    for (label, points), style in zip(frontier_series(paths).items(), ("o-", "s-", "^-")):
+    series = frontier_series(paths)
+    for (label, points), style in zip(series.items(), ("o-", "s-", "^-")):
         axes.plot([params / 1e6 for params, _ in points], [wer for _, wer in points], style, markersize=5,
                   label=label, zorder=2)
     axes.set_xlabel("encoder parameters (millions); grey lines: official acc / balanced / fast sizes")
-    axes.set_yscale("log")  # repetition loops push WER into the hundreds
-    axes.set_ylabel(f"greedy WER (%, log scale), {report['eval']}")
+    log = any(wer > 3 * report["stock"]["wer"] for points in series.values() for _, wer in points)
+    if log:  # repetition loops push WER into the hundreds and would flatten every other point
+        axes.set_yscale("log")
+        axes.yaxis.set_major_locator(matplotlib.ticker.LogLocator(subs=(1.0, 2.0, 5.0)))
+        axes.yaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda value, _: f"{value:g}"))
+        axes.yaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+    axes.set_ylabel(f"greedy WER (%{', log scale' if log else ''}), {report['eval']}")
     axes.set_title(f"{report['model']}: WER vs encoder size, {report['num_samples']} calibration clips", fontsize=10)
     axes.grid(alpha=0.3)
     axes.legend(fontsize=8)

@@ -271,6 +271,7 @@ def pareto_plot(this: ModelResult, base: ModelResult, others: List[ModelResult],
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib import ticker
 
     figure, axes = plt.subplots(figsize=(6.4, 4.2), dpi=110)
     presets = sorted([this] + others, key=lambda result: result.encoder_params)
@@ -293,6 +294,9 @@ def pareto_plot(this: ModelResult, base: ModelResult, others: List[ModelResult],
     log = any(wer > 3 * base.mean_wer for points in (series or {}).values() for _, wer in points)
     if log:  # a curve that reaches repetition loops would flatten everything else
         axes.set_yscale("log")
+        axes.yaxis.set_major_locator(ticker.LogLocator(subs=(1.0, 2.0, 5.0)))
+        axes.yaxis.set_major_formatter(ticker.FuncFormatter(lambda value, _: f"{value:g}"))  # 20, not 2×10¹
+        axes.yaxis.set_minor_formatter(ticker.NullFormatter())
     axes.set_ylabel((f"WER (%), mean over {len(sets)} sets" if len(sets) > 1 else f"WER (%), {sets[0]}")
                     + (", log scale" if log else ""))
     axes.set_title(f"LiteWhisper presets of {base_label}: WER vs encoder size", fontsize=10)

@@ -245,8 +245,8 @@ def _add_compress(subparsers) -> None:
     parser.add_argument("--recovery", choices=("auto", "none", "refit", "distill"), default="auto",
                         help="label-free recovery towards the stock encoder after the decomposition: 'none' is the "
                         "paper's recipe, 'refit' a closed-form least-squares refit of each factored linear, 'distill' "
-                        "the refit plus distillation steps; 'auto' (default): the preset's default, none for every preset "
-                        "(measured: the refit lowers the encoder's output error but raised WER on base)")
+                        "the refit plus distillation steps; 'auto' (default): what measured best for the model family and "
+                        "preset (recovery.PRESET_RECOVERY; e.g. distill for tiny balanced, none for acc)")
     parser.add_argument("--recover-steps", type=int, default=None, metavar="N",
                         help="distillation steps after the refit (0: no recovery at all, the paper's recipe)")
     parser.add_argument("--seed", type=int, default=0)

@@ -10,7 +10,7 @@ Stages (each a function the tests call directly):
     plan_ranks        (ranks.py) low_rank_config for a preset, thresholds or a size target
     decompose         (decomposition.py) the LiteWhisper in memory
     recover           (recovery.py) optional least-squares refit / distillation towards the stock encoder, no
-                      labels (`recovery`/`recover_steps`; off by default, see recovery.PRESET_RECOVERY), or any callable
+                      labels (`recovery`/`recover_steps`; per-preset defaults in recovery.PRESET_RECOVERY), or any callable
     export            (export.py) the repo folder, smoke-tested in a fresh process, renamed into place
 
 The stats file is the expensive artefact: given `stats_path`, it is written after the first run and reused by
@@ -35,7 +35,6 @@ import torch
 from .audio import DEFAULT_CALIBRATION, iter_utterances, source_name
 from .calibration import (
     DEFAULT_FRAMES,
-    Stats,
     StatsMismatchError,
     collect_stats,
     load_stats,
@@ -49,7 +48,7 @@ from .export import Recipe, SmokeResult, check_output, export
 from .measures import encoder_parameters
 from .recovery import recover as recover_encoder
 from .recovery import recovery_recipe, resolve_recovery
-from .ranks import DEFAULT_POLICY, Thresholds, check_request, plan_ranks
+from .ranks import DEFAULT_POLICY, Thresholds, check_request, model_family, plan_ranks
 from .sensitivity import DEFAULT_LEVEL, DEFAULT_PROBE_CLIPS, measure_sensitivity, probe_description, probe_set
 
 logger = logging.getLogger(__name__)
@@ -211,8 +210,8 @@ def compress(
     a ratio of the stock encoder) chooses the ranks, with `policy` "sensitivity" (default) or "threshold".
     `dtype` is the calibration compute dtype; the repo is saved in float16. `recover`, when given, receives the
     decomposed LiteWhisper and returns the model to export. Before it, label-free recovery towards the stock
-    encoder runs on the first `num_samples` calibration clips: `recovery` "auto" (recovery.PRESET_RECOVERY: none for
-    every preset, as measured), "none" (the paper's recipe), "refit" (least squares) or "distill" (refit +
+    encoder runs on the first `num_samples` calibration clips: `recovery` "auto" (the measured default for this model
+    family and preset, recovery.PRESET_RECOVERY), "none" (the paper's recipe), "refit" (least squares) or "distill" (refit +
     distillation); `recover_steps` N > 0 adds N distillation steps, 0 means none (see recovery.resolve_recovery).
 
     Data parallelism: call this on every process of an `accelerate launch` job with the job's `processes` (a
@@ -236,7 +235,8 @@ def compress(
     low_rank_config, rank_policy = plan_ranks(stats, base.config, preset, thresholds, target_encoder_params, policy)
     lite = decompose(base, by_slot, low_rank_config, progress=progress)
     del by_slot
-    recovery_settings = resolve_recovery(preset, recovery, recover_steps, seed=seed)
+    family = model_family(base.config) if preset is not None else None
+    recovery_settings = resolve_recovery(preset, recovery, recover_steps, family=family, seed=seed)
     recovery_report = None
     if recovery_settings is not None:
         # Every process passes the same clips; recovery takes its own shard of them.

@@ -32,7 +32,6 @@ Loss: mean squared error of the final hidden states divided by their mean square
 figure is comparable across model sizes.
 """
 
-import copy
 import math
 import time
 from dataclasses import asdict, dataclass, field
@@ -478,22 +477,30 @@ def recover(
 # ------------------------------------------------------------------------------------------- pipeline defaults
 
 RECOVERY_MODES = ("none", "refit", "distill")  # none: the paper's recipe; refit: closed form; distill: refit + steps
-# What `compress` does when not told: the paper's recipe for every preset and size target. Measured with the
-# sensitivity rank policy (benchmarks/results/compress_presets_{tiny.en,base}[_refit].json, greedy WER delta on
-# librispeech-test-other-60, recipe-only -> refit): tiny.en balanced +1.16 -> +1.07, fast +0.18 -> -0.36,
-# 0.7x +96.5 (loops) -> +13.9, 0.6x +37.7 -> +723 (loops); base fast +0.80 -> +1.60, 0.7x +2.67 -> +4.27,
-# 0.6x +9.52 -> +10.94. The refit cuts the encoder's held-out output error 5-18x everywhere, yet WER follows it
-# only on tiny.en at 0.7x. Refit + 200 distillation steps (tiny.en only so far): balanced +0.36, 0.7x +1.96. Until
-# distillation is measured on base too, recovery is an option (--recovery refit/distill), not a default.
-PRESET_RECOVERY = {"acc": "none", "balanced": "none", "fast": "none"}
+# What `compress` does when not told, per model family and preset: recovery only where it lowered WER against the
+# paper's recipe beyond the test set's noise (in at least 90 % of paired bootstrap resamples of the utterances,
+# benchmarks/paired_wer.py), else the recipe, which is also far cheaper. Measured with the sensitivity rank policy
+# on real tiny.en and base, greedy WER increase over stock on librispeech-test-other-60 (~1,100 words),
+# benchmarks/results/compress_presets_{tiny.en,base}[_refit|_distill].json:
+#   tiny.en balanced: none +1.16, refit +1.07, refit + 200 distillation steps +0.36 (lower in 90 %) -> distill
+#   tiny.en fast:     none +0.18, refit -0.36 (lower in 68 %), distill +0.18                   -> none
+#   base fast:        none +0.80, refit +1.60, distill +1.16                                     -> none
+#   base balanced:    none +0.53; recovery not measured, and it lost at base fast               -> none
+# acc stays the recipe (its sizes lose little). Families without real weights here (small, medium, large-v3,
+# turbo) have no measurement, and distillation there costs hours on a CPU, so they keep the recipe.
+PRESET_RECOVERY = {
+    "tiny": {"acc": "none", "balanced": "distill", "fast": "none"},
+    "base": {"acc": "none", "balanced": "none", "fast": "none"},
+}
 DEFAULT_DISTILL_STEPS = 200
 
 
 def resolve_recovery(preset: Optional[str] = None, mode: str = "auto", steps: Optional[int] = None,
-                     **overrides) -> Optional[RecoverySettings]:
+                     family: Optional[str] = None, **overrides) -> Optional[RecoverySettings]:
     """The RecoverySettings `compress` runs (None: none, the paper's recipe).
 
-    `mode` "auto" takes the preset's default (PRESET_RECOVERY; "none" without a preset). `steps` (the CLI's
+    `mode` "auto" takes the default of the model `family` ("tiny", "base", ... as ranks.model_family names it)
+    and preset (PRESET_RECOVERY; "none" without a preset or for a family not measured). `steps` (the CLI's
     --recover-steps): 0 means the paper's recipe, N > 0 distillation steps after the refit. Other keyword
     arguments override RecoverySettings fields (e.g. holdout, learning_rate, seed)."""
     if steps is not None and steps < 0:
@@ -504,7 +511,7 @@ def resolve_recovery(preset: Optional[str] = None, mode: str = "auto", steps: Op
         if steps is not None:
             mode = "distill" if steps > 0 else "none"
         else:
-            mode = PRESET_RECOVERY.get(preset, "none")
+            mode = PRESET_RECOVERY.get(family, {}).get(preset, "none")
     if mode == "none":
         return None
     if mode == "refit":

@@ -134,8 +134,13 @@ def test_split_keeps_at_least_half_for_training():
 def test_presets_and_flags_resolve_to_settings():
     from lite_whisper_convert.recovery import RecoveryError, resolve_recovery
 
-    for preset in ("acc", "balanced", "fast", None):  # measured: no preset gains from recovery by default
-        assert resolve_recovery(preset) is None  # the paper's recipe
+    for preset in ("acc", "balanced", "fast", None):  # no family given, or one never measured: the paper's recipe
+        assert resolve_recovery(preset) is None
+        assert resolve_recovery(preset, family="large-v3") is None
+    assert resolve_recovery("acc", family="tiny") is None
+    tiny_balanced = resolve_recovery("balanced", family="tiny", seed=3)  # measured: distillation wins there
+    assert tiny_balanced.refit and tiny_balanced.steps == 200 and tiny_balanced.seed == 3
+    assert resolve_recovery("balanced", mode="none", family="tiny") is None
     fast = resolve_recovery("fast", mode="refit")
     assert fast.refit and fast.steps == 0
     assert resolve_recovery("fast", steps=0) is None  # --recover-steps 0: the paper's recipe
