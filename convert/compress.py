@@ -130,7 +130,7 @@ def prepare_stats(
     count-th one) and the sums are all-reduced; the sensitivity probe splits its clips the same way. Every
     process returns the same statistics; the kept clips are this process's.
     """
-    processes = processes if processes is not None else Processes()
+    processes = Processes.of(processes)
     index, count = processes.shard
     if sensitivity and probe_clips < count:
         raise ValueError(f"the sensitivity probe needs at least one clip per process: --probe-clips {probe_clips} "
@@ -219,7 +219,7 @@ def compress(
     split the clips across processes and sum their statistics; every process plans the same ranks; the main
     process alone writes the stats file and the repo and runs the smoke test (`smoke` is None elsewhere).
     """
-    processes = processes if processes is not None else Processes()
+    processes = Processes.of(processes)
     progress = progress and processes.is_main
     out_dir = check_output(out_dir, overwrite)
     seed_everything(seed)

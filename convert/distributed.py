@@ -24,6 +24,11 @@ class RankFailedError(RuntimeError):
 class Processes:
     """This process's place in the job (an accelerate `PartialState`) and the collectives we use."""
 
+    @classmethod
+    def of(cls, processes: Optional["Processes"]) -> "Processes":
+        """`processes` itself, or this process's own job (a single process when run without a launcher)."""
+        return processes if processes is not None else cls()
+
     def __init__(self, cpu: Optional[bool] = None):
         from accelerate import PartialState
 

@@ -344,7 +344,7 @@ def evaluate_dataset(
 
     from .distributed import Processes
 
-    processes = processes if processes is not None else Processes()
+    processes = Processes.of(processes)
     index, count = processes.shard
     expected = _expected_count(source, limit)
     bar = tqdm(
@@ -434,7 +434,7 @@ def evaluate(
     """
     from .distributed import Processes
 
-    processes = processes if processes is not None else Processes()
+    processes = Processes.of(processes)
     sources = expand_sources(data_sources)
     if model is None or processor is None:
         model, processor = load_model(model_id_or_path, device=device, dtype=dtype)
