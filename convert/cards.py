@@ -19,6 +19,7 @@ from typing import Dict, List, Optional, Sequence
 
 from .audio import parse_hub_spec
 from .evaluation import NORMALIZER_NAME
+from .export import recovery_line
 
 TEMPLATE = Path(__file__).resolve().parents[1] / "model_cards" / "template.md"
 PLOT_NAME = "pareto.png"
@@ -203,7 +204,14 @@ def _public(value):
 
 
 def recipe_items(recipe: dict) -> List[tuple]:
-    """(key, value) lines of the recipe for the card, without sizes/ranks shown elsewhere or empty extras."""
+    """(key, value) lines of the recipe for the card, without sizes/ranks shown elsewhere or empty extras.
+
+    Recovery (in `extra`) gets its own line in words, as in the repo's export README."""
+    recipe = dict(recipe)
+    extra = dict(recipe.pop("extra", None) or {})
+    if "recovery" in extra:
+        recipe["recovery"] = recovery_line(extra.pop("recovery"))
+    recipe["extra"] = extra
     return [
         (key, json.dumps(_public(value)) if isinstance(value, (dict, list)) else _public(value))
         for key, value in recipe.items()

@@ -189,3 +189,16 @@ def test_frontier_reports_add_recipe_only_and_recovered_curves(tmp_path):
     assert series == {"decomposition only": [(5.3e6, 30.0), (7.0e6, 15.5)], "recovered (refit)": [(5.3e6, 20.0)]}
     with pytest.raises(CardError, match="not a benchmarks/compress_presets.py report"):
         frontier_series([write_results({"model": "m", "datasets": {}}, tmp_path / "eval.json")])
+
+
+def test_card_says_in_words_whether_and_how_the_encoder_was_recovered():
+    from lite_whisper_convert.cards import recipe_items
+
+    distilled = {"frames": "real", "extra": {"recovery": {
+        "method": "least-squares refit + 200 distillation steps", "train_clips": 68, "holdout_clips": 32,
+        "holdout_relative_error": {"before": 0.0817, "after_refit": 0.006, "after": 0.0043}}}}
+    items = dict(recipe_items(distilled))
+    assert items["recovery"].startswith("least-squares refit + 200 distillation steps towards the stock encoder")
+    assert "0.0817 -> 0.0043" in items["recovery"] and "extra" not in items
+    recipe_only = dict(recipe_items({"frames": "real", "extra": {"recovery": {"method": "none"}, "note": "x"}}))
+    assert recipe_only["recovery"] == "none (LiteASR recipe only)" and recipe_only["extra"] == '{"note": "x"}'
