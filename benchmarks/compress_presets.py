@@ -176,9 +176,8 @@ def frontier_plot(paths, out: Path) -> Path:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    import matplotlib.ticker
 
-    from lite_whisper_convert.cards import frontier_series
+    from lite_whisper_convert.cards import frontier_series, wer_axis_for_loops
     from lite_whisper_convert.ranks import OFFICIAL_ENCODER_PARAMS
 
     report = json.loads(Path(paths[0]).read_text())
@@ -192,12 +191,7 @@ def frontier_plot(paths, out: Path) -> Path:
         axes.plot([params / 1e6 for params, _ in points], [wer for _, wer in points], style, markersize=5,
                   label=label, zorder=2)
     axes.set_xlabel("encoder parameters (millions); grey lines: official acc / balanced / fast sizes")
-    log = any(wer > 3 * report["stock"]["wer"] for points in series.values() for _, wer in points)
-    if log:  # repetition loops push WER into the hundreds and would flatten every other point
-        axes.set_yscale("log")
-        axes.yaxis.set_major_locator(matplotlib.ticker.LogLocator(subs=(1.0, 2.0, 5.0)))
-        axes.yaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda value, _: f"{value:g}"))
-        axes.yaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+    log = wer_axis_for_loops(axes, series, report["stock"]["wer"])
     axes.set_ylabel(f"greedy WER (%{', log scale' if log else ''}), {report['eval']}")
     axes.set_title(f"{report['model']}: WER vs encoder size, {report['num_samples']} calibration clips", fontsize=10)
     axes.grid(alpha=0.3)

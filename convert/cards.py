@@ -271,6 +271,20 @@ def frontier_series(paths: Sequence) -> Dict[str, List[tuple]]:
     return {label: sorted(set(points)) for label, points in series.items()}
 
 
+def wer_axis_for_loops(axes, series: Optional[Dict[str, list]], stock_wer: float) -> bool:
+    """Switch the WER axis to a log scale when a curve reaches repetition loops (over 3x the stock WER), which would
+    flatten every other point; ticks read 20, 50, 100 rather than 2x10^1. Returns whether it did."""
+    from matplotlib import ticker
+
+    log = any(wer > 3 * stock_wer for points in (series or {}).values() for _, wer in points)
+    if log:
+        axes.set_yscale("log")
+        axes.yaxis.set_major_locator(ticker.LogLocator(subs=(1.0, 2.0, 5.0)))
+        axes.yaxis.set_major_formatter(ticker.FuncFormatter(lambda value, _: f"{value:g}"))
+        axes.yaxis.set_minor_formatter(ticker.NullFormatter())
+    return log
+
+
 def pareto_plot(this: ModelResult, base: ModelResult, others: List[ModelResult], path: Path,
                 base_label: str, series: Optional[Dict[str, List[tuple]]] = None) -> Path:
     """WER (mean over sets) vs encoder parameters for the stock model and every preset; this one highlighted.
@@ -279,7 +293,6 @@ def pareto_plot(this: ModelResult, base: ModelResult, others: List[ModelResult],
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    from matplotlib import ticker
 
     figure, axes = plt.subplots(figsize=(6.4, 4.2), dpi=110)
     presets = sorted([this] + others, key=lambda result: result.encoder_params)
@@ -299,12 +312,7 @@ def pareto_plot(this: ModelResult, base: ModelResult, others: List[ModelResult],
                       xytext=(6, 4), fontsize=8)
     axes.set_xlabel("encoder parameters (millions)")
     sets = list(this.datasets)
-    log = any(wer > 3 * base.mean_wer for points in (series or {}).values() for _, wer in points)
-    if log:  # a curve that reaches repetition loops would flatten everything else
-        axes.set_yscale("log")
-        axes.yaxis.set_major_locator(ticker.LogLocator(subs=(1.0, 2.0, 5.0)))
-        axes.yaxis.set_major_formatter(ticker.FuncFormatter(lambda value, _: f"{value:g}"))  # 20, not 2×10¹
-        axes.yaxis.set_minor_formatter(ticker.NullFormatter())
+    log = wer_axis_for_loops(axes, series, base.mean_wer)
     axes.set_ylabel((f"WER (%), mean over {len(sets)} sets" if len(sets) > 1 else f"WER (%), {sets[0]}")
                     + (", log scale" if log else ""))
     axes.set_title(f"LiteWhisper presets of {base_label}: WER vs encoder size", fontsize=10)
