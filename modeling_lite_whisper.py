@@ -7,9 +7,11 @@ encoder projections that get replaced are never allocated), swap the low-rank mo
 inherit every `forward` and `generate` unchanged. So SDPA/eager attention, fp16/bf16, `generate()` with
 language, task and timestamps, the ASR pipeline and `torch.compile` work as they do for Whisper.
 
-For inference (eval mode) the low-rank slots pick a faster layout in memory, without changing the checkpoint:
-a slot near break-even is merged back into one dense weight, and factored q/k/v slots of one attention layer
-run their first factors as one GEMM (`SharedFirstFactor`).
+For inference (eval mode) the encoder picks a faster layout in memory, without changing the checkpoint:
+a slot near break-even is merged back into one dense weight, factored q/k/v slots of one attention layer run
+their first factors as one GEMM (`SharedFirstFactor`), and where the q, k and v ranks are all low enough,
+self-attention runs in those ranks instead of per head (`ReducedAttention`, LiteASR §3.2; the one forward
+of ours, in `LiteWhisperAttention`, which hands every other call to Whisper's).
 
 This file travels verbatim to every Hub repo we publish: it imports torch and transformers only.
 """
@@ -22,9 +24,10 @@ import tempfile
 from pathlib import Path
 
 import torch
+import transformers
 from torch import nn
 from transformers import WhisperForConditionalGeneration, WhisperModel
-from transformers.models.whisper.modeling_whisper import WhisperEncoder, WhisperPreTrainedModel
+from transformers.models.whisper.modeling_whisper import WhisperAttention, WhisperEncoder, WhisperPreTrainedModel
 
 try:  # transformers >= 5: initialisers that leave tensors loaded from a checkpoint alone
     from transformers import initialization as init
@@ -52,6 +55,15 @@ AUTO_MAP = {
 # 0.9). CUDA: an estimate until measured there (thin fp16 GEMMs lose more on GPUs). Other devices use the CPU value.
 MERGE_ABOVE_FLOP_RATIO = {"cpu": 0.9, "cuda": 0.6}
 
+# A layer runs attention in the reduced dimension (ReducedAttention) where that needs at most this fraction of the
+# per-head form's FLOPs. CPU: measured with benchmarks/reduced_attention.py (tiny to large-v3 shapes, batch 1
+# and 8, fp32): every case up to a FLOP ratio of 0.98 ran faster reduced (time ratio at most 0.97), while at 1.19
+# it ran 0-10 % slower. CUDA: an estimate until measured there, kept below the CPU value.
+REDUCED_ATTENTION_BELOW_FLOP_RATIO = {"cpu": 1.0, "cuda": 0.9}
+
+# transformers 4.53 returns (output, weights, cache) from an attention layer; later versions (output, weights).
+_ATTENTION_RETURNS_CACHE = tuple(int(part) for part in transformers.__version__.split(".")[:2]) < (4, 54)
+
 
 class LowRankLinear(nn.Module):
     """A linear layer factored through rank r: y = (x @ weight1) @ weight2 + bias.
@@ -63,8 +75,11 @@ class LowRankLinear(nn.Module):
     (see MERGE_ABOVE_FLOP_RATIO), the forward uses `merged_weight`, the product of the factors. It is rebuilt
     on `eval()`, on a change of device or dtype and on `load_state_dict`, dropped on `train()`, never saved
     (the state dict holds only the factors), and never used where gradients flow to the factors. After editing
-    the factors in place in eval mode, call `eval()` again.
+    the factors in place in eval mode, call `eval()` again, or switch the layout off meanwhile
+    (`set_inference_layout`).
     """
+
+    inference_layout_enabled = True  # see set_inference_layout
 
     def __init__(self, in_features: int, out_features: int, rank: int, device=None, dtype=None):
         super().__init__()
@@ -126,7 +141,8 @@ class LowRankLinear(nn.Module):
         """Merge the factors for inference where dense is faster on this device; unmerge in training."""
         threshold = MERGE_ABOVE_FLOP_RATIO.get(self.weight1.device.type, MERGE_ABOVE_FLOP_RATIO["cpu"])
         self.shared_first_factor = None  # the attention layer regroups its slots after they refreshed
-        if self.training or self.weight1.is_meta or self.factored_flop_ratio() <= threshold:
+        off = self.training or not self.inference_layout_enabled or self.weight1.is_meta
+        if off or self.factored_flop_ratio() <= threshold:
             self.merged_weight = None
         else:
             with torch.no_grad():
@@ -189,21 +205,173 @@ class SharedFirstFactor:
         return latest[1][index]
 
 
-def _share_first_factors(attention: nn.Module) -> None:
-    """Group an attention layer's factored q/k/v slots under one SharedFirstFactor (inference layout only)."""
-    slots = [getattr(attention, name) for name in ("q_proj", "k_proj", "v_proj")]
-    members = [
-        slot for slot in slots
-        if isinstance(slot, LowRankLinear) and not slot.training and slot.merged_weight is None
-        and not slot.weight1.is_meta
-    ]
-    for slot in slots:
-        if isinstance(slot, LowRankLinear):
+def attention_macs(ranks: dict, d_model: int, num_heads: int, positions: int) -> tuple:
+    """Multiply-adds per position of one self-attention layer: (per-head form, reduced form or None).
+
+    `ranks` maps q_proj/k_proj/v_proj/out_proj to a rank (absent or None: dense). Both forms count the four
+    projections, the scores and the weighted sum. The reduced form (ReducedAttention) needs q, k and v low rank;
+    its scores and weighted sum run in s = max(r_k, r_v) dimensions shared by all heads, instead of head_dim.
+    """
+    def projection(rank):
+        return d_model * d_model if rank is None else 2 * d_model * rank
+
+    rank_q, rank_k, rank_v = (ranks.get(slot) for slot in ("q_proj", "k_proj", "v_proj"))
+    per_head = sum(projection(ranks.get(slot)) for slot in ATTENTION_SLOTS) + 2 * positions * d_model
+    if rank_q is None or rank_k is None or rank_v is None:
+        return per_head, None
+    shared = max(rank_k, rank_v)
+    reduced = (
+        d_model * (rank_q + rank_k + rank_v)  # first factors
+        + num_heads * rank_q * shared  # per-head queries in the key's space
+        + 2 * positions * num_heads * shared  # scores and weighted sum
+        + num_heads * rank_v * d_model  # v's second factor folded through out_proj
+    )
+    return per_head, reduced
+
+
+def uses_reduced_attention(ranks: dict, d_model: int, num_heads: int, positions: int, threshold: float) -> bool:
+    """Whether the inference layout runs this layer as ReducedAttention: where it needs at most `threshold` of
+    the per-head multiply-adds (`attention_macs`). With Whisper's 1500 positions the T² terms dominate, so in
+    practice where q, k and v are all low rank and r_k, r_v < head_dim."""
+    per_head, reduced = attention_macs(ranks, d_model, num_heads, positions)
+    return reduced is not None and reduced <= threshold * per_head
+
+
+class ReducedAttention:
+    """Encoder self-attention computed in the ranks of low-rank q, k and v (LiteASR §3.2), for inference.
+
+    Write q = Pq W2q + bq with Pq = x W1q [T, r_q] (likewise k, v) and head h's column block W2q_h [r_q, head_dim].
+    Scores: q_h k_hᵀ = (Pq M_h + c_h) Pkᵀ + a term constant along each row, which softmax removes (k's bias),
+        with M_h = W2q_h W2k_hᵀ [r_q, r_k] and c_h = W2k_h bq_h [r_k], both scaled by head_dim^-1/2.
+    Values: Σ_h softmax_h (Pv W2v_h + bv_h) Wo_h + bo = Σ_h (softmax_h Pv) N_h + (bv Wo + bo), since softmax rows
+        sum to one, with Wo_h the rows of out_proj's [d, d] input-major weight that head h feeds and
+        N_h = W2v_h Wo_h [r_v, d].
+    So all heads share one key, Pk, and one value, Pv: attention runs as a single head over H·T queries, in
+    s = max(r_k, r_v) dimensions instead of head_dim (the narrower of Pk, Pv is zero-padded to s, because fused
+    attention kernels need one width for queries, keys and values), and out_proj becomes N [H·r_v, d].
+    Not a module and not saved: built from the slots' factors with the inference layout.
+    """
+
+    def __init__(self, attention: "LiteWhisperAttention"):
+        q_proj, k_proj, v_proj, out_proj = attention.q_proj, attention.k_proj, attention.v_proj, attention.out_proj
+        heads, head_dim = attention.num_heads, attention.head_dim
+        shared = max(k_proj.rank, v_proj.rank)
+        self.widths = [q_proj.rank, shared, shared]
+        with torch.no_grad():
+            w1k, w1v = (nn.functional.pad(slot.weight1.float(), (0, shared - slot.rank)) for slot in (k_proj, v_proj))
+            first_factors = torch.cat([q_proj.weight1.float(), w1k, w1v], dim=1)  # [d, r_q + 2s]
+            self.first_factors = first_factors.T.contiguous().to(q_proj.weight1.dtype)
+
+            w2q = q_proj.weight2.float().view(q_proj.rank, heads, head_dim)  # [r_q, H, hd]
+            w2k = k_proj.weight2.float().view(k_proj.rank, heads, head_dim)  # [r_k, H, hd]
+            folds = torch.einsum("qhd,khd->hkq", w2q, w2k) * attention.scaling  # M_hᵀ: [H, r_k, r_q]
+            biases = torch.einsum("khd,hd->hk", w2k, q_proj.bias.float().view(heads, head_dim)) * attention.scaling
+            folds = nn.functional.pad(folds, (0, 0, 0, shared - k_proj.rank))  # [H, s, r_q]
+            biases = nn.functional.pad(biases, (0, shared - k_proj.rank))  # c_h: [H, s]
+            self.query_fold = folds.reshape(heads * shared, q_proj.rank).to(q_proj.weight2.dtype)
+            self.query_bias = biases.reshape(-1).to(q_proj.bias.dtype)
+
+            out_weight = _dense_weight(out_proj).float().T  # [d_in, d_out], rows grouped by head
+            w2v = v_proj.weight2.float().view(v_proj.rank, heads, head_dim)  # [r_v, H, hd]
+            folds = torch.einsum("vhd,hdo->ohv", w2v, out_weight.view(heads, head_dim, -1))  # Nᵀ: [d, H, r_v]
+            folds = nn.functional.pad(folds, (0, shared - v_proj.rank))  # [d, H, s]
+            self.value_fold = folds.reshape(out_weight.shape[1], heads * shared).to(v_proj.weight2.dtype)
+            self.output_bias = (v_proj.bias.float() @ out_weight + out_proj.bias.float()).to(out_proj.bias.dtype)
+
+    def __call__(self, hidden_states: torch.Tensor, num_heads: int) -> torch.Tensor:
+        batch, positions, _ = hidden_states.shape
+        low_rank_q, key, value = nn.functional.linear(hidden_states, self.first_factors).split(self.widths, dim=-1)
+        query = nn.functional.linear(low_rank_q, self.query_fold, self.query_bias)  # [B, T, H·s]
+        query = query.view(batch, positions, num_heads, -1).transpose(1, 2)  # [B, H, T, s]
+        query = query.reshape(batch, 1, num_heads * positions, -1)  # one head with H·T queries
+        output = nn.functional.scaled_dot_product_attention(query, key.unsqueeze(1), value.unsqueeze(1), scale=1.0)
+        output = output.view(batch, num_heads, positions, -1).transpose(1, 2).reshape(batch, positions, -1)
+        return nn.functional.linear(output, self.value_fold, self.output_bias)  # [B, T, H·s] -> [B, T, d]
+
+
+def _dense_weight(linear: nn.Module) -> torch.Tensor:
+    """The [out, in] weight of an nn.Linear or LowRankLinear."""
+    return linear.dense_weight() if isinstance(linear, LowRankLinear) else linear.weight
+
+
+class LiteWhisperAttention(WhisperAttention):
+    """Whisper's encoder self-attention, plus its inference layout when some of q/k/v/out_proj are low rank.
+
+    Parameters, names and the training/saving forward are Whisper's (inherited). In eval mode, `forward` runs a
+    `ReducedAttention` where the ranks make it cheaper (`uses_reduced_attention`); otherwise factored q/k/v slots
+    run their first factors as one GEMM (`SharedFirstFactor`). Calls that need what the reduced form does not
+    handle (attention weights, a mask, a head mask, a cache, cross-attention) take the inherited forward.
+    """
+
+    reduced_attention = None  # a ReducedAttention while the inference layout uses one
+    inference_layout_enabled = True  # see set_inference_layout
+
+    def forward(self, hidden_states, *args, **kwargs):
+        reduced = self.reduced_attention
+        # like LowRankLinear: never where gradients should reach the parameters the reduced form was built from
+        inference = reduced is not None and not (
+            torch.is_grad_enabled() and any(parameter.requires_grad for parameter in self.parameters())
+        )
+        plain_call = not args and not kwargs.get("output_attentions") and all(
+            kwargs.get(name) is None
+            for name in ("attention_mask", "key_value_states", "cache", "past_key_value", "past_key_values",
+                         "layer_head_mask")
+        )
+        if not (inference and plain_call):
+            return super().forward(hidden_states, *args, **kwargs)
+        output = reduced(hidden_states, self.num_heads)
+        return (output, None, None) if _ATTENTION_RETURNS_CACHE else (output, None)
+
+    def refresh_inference_layout(self) -> None:
+        """Choose reduced attention or first-factor sharing for inference; drop both for training."""
+        slots = {name: getattr(self, name) for name in ATTENTION_SLOTS}
+        factored = {name: slot for name, slot in slots.items() if isinstance(slot, LowRankLinear)}
+        for slot in factored.values():
             slot.shared_first_factor = None
-    if len(members) >= 2 and len({(m.in_features, m.weight1.device, m.weight1.dtype) for m in members}) == 1:
-        group = SharedFirstFactor(members)
-        for index, member in enumerate(members):
-            member.shared_first_factor = (group, index)
+        self.reduced_attention = None
+        off = self.training or not self.inference_layout_enabled
+        if off or any(slot.weight1.is_meta for slot in factored.values()):
+            return
+        device = next(self.parameters()).device.type
+        threshold = REDUCED_ATTENTION_BELOW_FLOP_RATIO.get(device, REDUCED_ATTENTION_BELOW_FLOP_RATIO["cpu"])
+        ranks = {name: slot.rank for name, slot in factored.items()}
+        positions = self.config.max_source_positions
+        if uses_reduced_attention(ranks, self.embed_dim, self.num_heads, positions, threshold):
+            self.reduced_attention = ReducedAttention(self)
+            return
+        members = [slot for name, slot in factored.items() if name != "out_proj" and slot.merged_weight is None]
+        if len(members) >= 2 and len({(m.weight1.device, m.weight1.dtype) for m in members}) == 1:
+            group = SharedFirstFactor(members)
+            for index, member in enumerate(members):
+                member.shared_first_factor = (group, index)
+
+    def train(self, mode: bool = True):
+        super().train(mode)  # the slots choose merged or factored first
+        self.refresh_inference_layout()
+        return self
+
+    def _apply(self, fn, *args, **kwargs):
+        super()._apply(fn, *args, **kwargs)
+        self.refresh_inference_layout()
+        return self
+
+
+def set_inference_layout(model: nn.Module, enabled: bool) -> None:
+    """Switch the inference layout of every LiteWhisper part of `model` off or back on, whatever its mode.
+
+    Off: low-rank slots run as their two factors and attention runs per head, as in training; for code that
+    edits the factors in place and runs the model in eval mode meanwhile (e.g. fitting or distilling them),
+    which would otherwise run merged weights and folds built from the old factors. On: rebuilt from the
+    current factors (in eval mode).
+    """
+    for module in model.modules():
+        if isinstance(module, LowRankLinear):
+            module.inference_layout_enabled = enabled
+            module.refresh_inference_layout()
+    for module in model.modules():  # after the slots: attention layouts depend on which slots merged
+        if isinstance(module, LiteWhisperAttention):
+            module.inference_layout_enabled = enabled
+            module.refresh_inference_layout()
 
 
 def _build_stock_layout_on_meta(build, config) -> torch.device:
@@ -225,6 +393,7 @@ def _materialize(module: nn.Module, device: torch.device) -> None:
             own_tensors = list(submodule.parameters(recurse=False)) + list(submodule.buffers(recurse=False))
             if any(tensor.is_meta for tensor in own_tensors):
                 submodule.to_empty(device=device, recurse=False)
+                submodule._is_hf_initialized = False  # the stock constructor's post_init ran on meta and set it
     module.post_init()
 
 
@@ -295,27 +464,22 @@ class LiteWhisperEncoder(LiteWhisperPreTrainedModel, WhisperEncoder):
     def __init__(self, config: LiteWhisperConfig):
         device = _build_stock_layout_on_meta(super().__init__, config)
         for layer_index, layer in enumerate(self.layers):
+            with torch.device("meta"):  # same constructor call as WhisperEncoderLayer's; never allocated
+                layer.self_attn = LiteWhisperAttention(
+                    embed_dim=config.d_model, num_heads=config.encoder_attention_heads,
+                    dropout=config.attention_dropout, config=config,
+                )
             for slot, rank in config.layer_ranks(layer_index).items():
                 owner = layer.self_attn if slot in ATTENTION_SLOTS else layer
-                dense = getattr(owner, slot)  # on meta: never allocated
+                dense = getattr(owner, slot)
                 setattr(owner, slot, LowRankLinear(dense.in_features, dense.out_features, rank, device="meta"))
         _materialize(self, device)
         self.register_load_state_dict_post_hook(lambda encoder, _: encoder.refresh_inference_layout())
 
     def refresh_inference_layout(self) -> None:
-        """Regroup each layer's q/k/v first factors after the slots chose merged or factored (see LowRankLinear)."""
+        """Rebuild every layer's attention layout after the slots chose merged or factored (see LowRankLinear)."""
         for layer in self.layers:
-            _share_first_factors(layer.self_attn)
-
-    def train(self, mode: bool = True):
-        super().train(mode)
-        self.refresh_inference_layout()
-        return self
-
-    def _apply(self, fn, *args, **kwargs):
-        super()._apply(fn, *args, **kwargs)
-        self.refresh_inference_layout()
-        return self
+            layer.self_attn.refresh_inference_layout()
 
 
 class LiteWhisperModel(LiteWhisperPreTrainedModel, WhisperModel):

@@ -7,9 +7,12 @@ For each Whisper family and preset size, one run times, interleaved and side by 
 and reports time ratios (lite / stock) next to the FLOP ratio (lite FLOPs / stock FLOPs for a 30 s window).
 The goal is time ratio <= 1.05 x FLOP ratio on CPU (<= 1.15 x on GPU).
 
-"reduced-attn layers" counts the layers where attention in the reduced dimension (LiteASR §3.2: scores from the
-rank-r q/k projections, values through v's rank) would need fewer FLOPs than per-head attention: with T = 1500
-the T² terms dominate, so that needs min(r_q, r_k) < head_dim or r_v < head_dim.
+"reduced-attn layers" counts the layers that run attention in the reduced dimension (ReducedAttention,
+LiteASR §3.2: one key and one value of max(r_k, r_v) dimensions shared by all heads) in the inference layout;
+with T = 1500 that takes q, k and v low rank and r_k, r_v < head_dim. "layout FLOP ratio" counts those layers
+in their reduced form; "FLOP ratio" counts per-head attention everywhere (the checkpoint's own FLOPs).
+`--attention-rank R` sets q/k/v to rank R in every layer of the uniform cases (the paper's kernel ran at
+R <= 32), so that the reduced form runs everywhere.
 
 Ranks: `--lite DIR` times the ranks of real LiteWhisper folders (e.g. the tiny.en/base presets made by
 `lite-whisper compress`); otherwise each family gets uniform ranks (the same fraction of every slot's
@@ -18,7 +21,9 @@ timing depends on shapes only.
 
     python benchmarks/encoder_speed.py --families tiny base small --batch 1 8
     python benchmarks/encoder_speed.py --families large-v3 --batch 1 --repeats 3
+    python benchmarks/encoder_speed.py --families large-v3 --batch 8 --repeats 2 --no-factored
     python benchmarks/encoder_speed.py --lite runs/lite-tiny.en-fast runs/lite-base-fast
+    python benchmarks/encoder_speed.py --families tiny base small --attention-rank 32
     python benchmarks/encoder_speed.py --device cuda --dtype float16 --batch 1 16 --compile
 """
 
@@ -33,10 +38,11 @@ from transformers.models.whisper.modeling_whisper import WhisperEncoder
 
 import modeling_lite_whisper
 from configuration_lite_whisper import LOW_RANK_SLOTS, LiteWhisperConfig, slot_shape
+from modeling_lite_whisper import uses_reduced_attention
 from lite_whisper_convert.evaluation import machine_info
 from lite_whisper_convert.measures import encoder_flops, encoder_parameters
 from lite_whisper_convert.ranks import OFFICIAL_ENCODER_PARAMS
-from timing import median_times
+from timing import median_times, write_results
 
 FAMILIES = {  # d_model, layers, heads, ffn, mel bins
     "tiny": (384, 4, 6, 1536, 80),
@@ -44,7 +50,9 @@ FAMILIES = {  # d_model, layers, heads, ffn, mel bins
     "small": (768, 12, 12, 3072, 80),
     "large-v3": (1280, 32, 20, 5120, 128),
 }
-RESULTS = Path(__file__).resolve().parent / "results"
+LAYOUT_THRESHOLDS = (  # (merge above, reduced attention below): what `set_layout` switches off
+    modeling_lite_whisper.MERGE_ABOVE_FLOP_RATIO, modeling_lite_whisper.REDUCED_ATTENTION_BELOW_FLOP_RATIO,
+)
 
 
 def family_config(family: str) -> dict:
@@ -73,26 +81,28 @@ def uniform_ranks(config: dict, target_params: float) -> list:
     return ranks_at(low)
 
 
-def reduced_attention_layers(config: dict, low_rank_config: list) -> int:
-    """Layers where reduced-dimension attention would cut the T² work (see the module docstring)."""
-    head_dim = config["d_model"] // config["encoder_attention_heads"]
-    count = 0
-    for ranks in low_rank_config or []:
-        scores = "q_proj" in ranks and "k_proj" in ranks and min(ranks["q_proj"], ranks["k_proj"]) < head_dim
-        values = "v_proj" in ranks and ranks["v_proj"] < head_dim
-        count += bool(scores or values)
-    return count
+def reduced_attention_layers(config: dict, low_rank_config: list, device: torch.device) -> int:
+    """Layers that the inference layout runs as ReducedAttention on this device."""
+    thresholds = modeling_lite_whisper.REDUCED_ATTENTION_BELOW_FLOP_RATIO
+    threshold = thresholds.get(device.type, thresholds["cpu"])
+    return sum(
+        uses_reduced_attention(ranks, config["d_model"], config["encoder_attention_heads"], 1500, threshold)
+        for ranks in low_rank_config or []
+    )
 
 
-def set_layout(encoder, merged: bool) -> None:
-    """Inference layout on (merge where cheaper, as loaded models do) or off (every slot factored)."""
-    thresholds = dict(modeling_lite_whisper.MERGE_ABOVE_FLOP_RATIO)
-    if not merged:
-        modeling_lite_whisper.MERGE_ABOVE_FLOP_RATIO.update({key: float("inf") for key in thresholds})
+def set_layout(encoder, inference: bool) -> None:
+    """The inference layout on (merged where cheaper, reduced attention where cheaper: what loaded models run),
+    or off: every slot factored and attention per head (q/k/v first factors still fused)."""
+    saved = [dict(thresholds) for thresholds in LAYOUT_THRESHOLDS]
+    if not inference:
+        for thresholds, off in zip(LAYOUT_THRESHOLDS, (float("inf"), 0.0)):
+            thresholds.update({key: off for key in thresholds})
     try:
         encoder.eval()
     finally:
-        modeling_lite_whisper.MERGE_ABOVE_FLOP_RATIO.update(thresholds)
+        for thresholds, values in zip(LAYOUT_THRESHOLDS, saved):
+            thresholds.update(values)
 
 
 def cases(args):
@@ -104,8 +114,13 @@ def cases(args):
     for family in args.families:
         config = family_config(family)
         for preset in args.presets:
-            target = OFFICIAL_ENCODER_PARAMS[family][preset]
-            yield f"{family} {preset} (uniform)", config, uniform_ranks(config, target)
+            ranks = uniform_ranks(config, OFFICIAL_ENCODER_PARAMS[family][preset])
+            if args.attention_rank:
+                qkv = dict.fromkeys(("q_proj", "k_proj", "v_proj"), args.attention_rank)
+                yield f"{family} {preset} (uniform, q/k/v {args.attention_rank})", config, [
+                    {**layer, **qkv} for layer in ranks]
+            else:
+                yield f"{family} {preset} (uniform)", config, ranks
 
 
 def main(argv=None):
@@ -118,6 +133,10 @@ def main(argv=None):
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--dtype", default="float32")
     parser.add_argument("--compile", action="store_true", help="also time torch.compile(fullgraph=True) forms")
+    parser.add_argument("--no-factored", action="store_true",
+                        help="time only stock and the inference layout (saves a third of the run on large shapes)")
+    parser.add_argument("--attention-rank", type=int, default=None, metavar="R",
+                        help="uniform cases: q/k/v at rank R in every layer (reduced attention everywhere)")
     parser.add_argument("--out", default=None, help="JSON results file (default: benchmarks/results/...)")
     args = parser.parse_args(argv)
 
@@ -126,8 +145,8 @@ def main(argv=None):
     where = machine["gpu"] or f"{machine['cpu']}, {machine['threads']} threads"
     print(f"Machine: {where}; torch {machine['torch']}, transformers {machine['transformers']}; {machine['date']}")
     print(f"{args.dtype}, 30 s windows, median of {args.repeats} interleaved repeats\n")
-    columns = ["case", "batch", "encoder params", "reduced-attn layers", "FLOP ratio", "stock s", "factored ratio",
-               "layout ratio", "layout / FLOP ratio"] + (["compiled stock s", "compiled layout ratio"] if args.compile else [])
+    columns = ["case", "batch", "encoder params", "reduced-attn layers", "FLOP ratio", "layout FLOP ratio", "stock s",
+               "factored ratio", "layout ratio", "layout / layout FLOP ratio"] + (["compiled stock s", "compiled layout ratio"] if args.compile else [])
     print("| " + " | ".join(columns) + " |\n|" + "---|" * len(columns))
     rows = []
     torch.manual_seed(0)
@@ -137,38 +156,44 @@ def main(argv=None):
             lite_config = LiteWhisperConfig(low_rank_config=low_rank_config, **config)
             stock = WhisperEncoder(stock_config).to(device, dtype).eval()
             factored = modeling_lite_whisper.LiteWhisperEncoder(lite_config).to(device, dtype)
-            set_layout(factored, merged=False)
+            set_layout(factored, inference=False)
             layout = copy.deepcopy(factored)
-            set_layout(layout, merged=True)
+            set_layout(layout, inference=True)
             flop_ratio = encoder_flops(lite_config) / encoder_flops(stock_config)
+            reduced = modeling_lite_whisper.REDUCED_ATTENTION_BELOW_FLOP_RATIO
+            layout_flop_ratio = encoder_flops(
+                lite_config, reduced_attention_threshold=reduced.get(device.type, reduced["cpu"])
+            ) / encoder_flops(stock_config)
             for batch in args.batch:
                 x = torch.randn(batch, config["num_mel_bins"], 3000, device=device, dtype=dtype)
-                functions = [lambda: stock(x), lambda: factored(x), lambda: layout(x)]
+                forms = {"stock": lambda: stock(x), "layout": lambda: layout(x)}
+                if not args.no_factored:
+                    forms["factored"] = lambda: factored(x)
                 if args.compile:
                     compiled_stock = torch.compile(stock, fullgraph=True)
                     compiled_layout = torch.compile(layout, fullgraph=True)
-                    functions += [lambda: compiled_stock(x), lambda: compiled_layout(x)]
-                times = median_times(functions, args.repeats, device)
+                    forms.update(compiled_stock=lambda: compiled_stock(x), compiled_layout=lambda: compiled_layout(x))
+                times = dict(zip(forms, median_times(list(forms.values()), args.repeats, device)))
                 row = {
                     "case": label, "batch": batch, "encoder_params": encoder_parameters(lite_config),
-                    "reduced_attention_layers": reduced_attention_layers(config, low_rank_config),
-                    "flop_ratio": flop_ratio, "stock_seconds": times[0],
-                    "factored_time_ratio": times[1] / times[0], "layout_time_ratio": times[2] / times[0],
+                    "reduced_attention_layers": reduced_attention_layers(config, low_rank_config, device),
+                    "flop_ratio": flop_ratio, "layout_flop_ratio": layout_flop_ratio, "stock_seconds": times["stock"],
+                    "factored_time_ratio": times["factored"] / times["stock"] if "factored" in times else None,
+                    "layout_time_ratio": times["layout"] / times["stock"],
                 }
                 if args.compile:
-                    row.update(compiled_stock_seconds=times[3], compiled_layout_time_ratio=times[4] / times[3])
+                    row.update(compiled_stock_seconds=times["compiled_stock"],
+                               compiled_layout_time_ratio=times["compiled_layout"] / times["compiled_stock"])
                 rows.append(row)
+                factored_cell = "–" if row["factored_time_ratio"] is None else f"{row['factored_time_ratio']:.3f}"
                 cells = [label, str(batch), f"{row['encoder_params'] / 1e6:.2f}M",
                          f"{row['reduced_attention_layers']}/{config['encoder_layers']}", f"{flop_ratio:.3f}",
-                         f"{times[0]:.3f}", f"{row['factored_time_ratio']:.3f}", f"{row['layout_time_ratio']:.3f}",
-                         f"{row['layout_time_ratio'] / flop_ratio:.3f}"]
+                         f"{layout_flop_ratio:.3f}", f"{times['stock']:.3f}", factored_cell,
+                         f"{row['layout_time_ratio']:.3f}", f"{row['layout_time_ratio'] / layout_flop_ratio:.3f}"]
                 if args.compile:
-                    cells += [f"{times[3]:.3f}", f"{row['compiled_layout_time_ratio']:.3f}"]
+                    cells += [f"{times['compiled_stock']:.3f}", f"{row['compiled_layout_time_ratio']:.3f}"]
                 print("| " + " | ".join(cells) + " |", flush=True)
-    out = Path(args.out) if args.out else RESULTS / f"encoder_speed-{args.device}-{machine['date'][:10]}.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"machine": machine, "dtype": args.dtype, "rows": rows}, indent=2) + "\n")
-    print(f"\nwrote {out}")
+    write_results(args.out, "encoder_speed", args, machine, rows=rows)
 
 
 if __name__ == "__main__":

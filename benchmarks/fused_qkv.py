@@ -10,19 +10,16 @@ and prints fused / separate time (< 1: fusing pays). Interleaved repeats, median
 """
 
 import argparse
-import json
 import statistics
-from pathlib import Path
 
 import torch
 
 from lite_whisper_convert.evaluation import machine_info
-from timing import median_times
+from timing import median_times, write_results
 
 WIDTHS = {"tiny": 384, "base": 512, "small": 768, "large-v3": 1280}
 FLOP_RATIOS = (0.5, 0.6, 0.75)
 SLOT_COUNTS = (2, 3)  # q and k factored (the common case in our presets), or all three
-RESULTS = Path(__file__).resolve().parent / "results"
 
 
 def main(argv=None):
@@ -68,11 +65,7 @@ def main(argv=None):
     medians = {key: statistics.median(row["fused_over_separate"][key] for row in rows) for key in rows[0]["fused_over_separate"]}
     print("| median | | " + " | ".join(f"{value:.2f}" for value in medians.values()) + " |")
     print("\nCells: fused / separate time of the q, k, v first factors (< 1: one fused GEMM is faster).")
-    out = Path(args.out) if args.out else RESULTS / f"fused_qkv-{args.device}-{machine['date'][:10]}.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"machine": machine, "dtype": args.dtype, "repeats": args.repeats, "rows": rows,
-                               "median": medians}, indent=2) + "\n")
-    print(f"wrote {out}")
+    write_results(args.out, "fused_qkv", args, machine, rows=rows, median=medians)
 
 
 if __name__ == "__main__":

@@ -11,14 +11,12 @@ The last row gives, per FLOP ratio, the median time ratio over the shapes; the t
 """
 
 import argparse
-import json
 import statistics
-from pathlib import Path
 
 import torch
 
 from lite_whisper_convert.evaluation import machine_info
-from timing import median_times
+from timing import median_times, write_results
 
 SHAPES = {  # (in, out) of the attention projections and the two MLP layers, per family
     "tiny": [(384, 384), (384, 1536), (1536, 384)],
@@ -27,7 +25,6 @@ SHAPES = {  # (in, out) of the attention projections and the two MLP layers, per
     "large-v3": [(1280, 1280), (1280, 5120), (5120, 1280)],
 }
 FLOP_RATIOS = (0.3, 0.5, 0.6, 0.7, 0.8, 0.85, 0.9, 0.95)
-RESULTS = Path(__file__).resolve().parent / "results"
 
 
 def main(argv=None):
@@ -58,11 +55,8 @@ def main(argv=None):
     medians = [statistics.median(row["time_ratios"][str(ratio)] for row in rows) for ratio in FLOP_RATIOS]
     print("| median | | | " + " | ".join(f"{ratio:.2f}" for ratio in medians) + " |")
     print("\nCells: factored time / dense time at the given factored/dense FLOP ratio (< 1: factored is faster).")
-    out = Path(args.out) if args.out else RESULTS / f"layout_threshold-{args.device}-{machine['date'][:10]}.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"machine": machine, "dtype": args.dtype, "repeats": args.repeats, "rows": rows,
-                               "median_time_ratios": dict(zip(map(str, FLOP_RATIOS), medians))}, indent=2) + "\n")
-    print(f"wrote {out}")
+    write_results(args.out, "layout_threshold", args, machine, rows=rows,
+                  median_time_ratios=dict(zip(map(str, FLOP_RATIOS), medians)))
 
 
 def time_ratios(in_features, out_features, batch, repeats, device, dtype) -> list:

@@ -1,9 +1,14 @@
-"""Side-by-side timing shared by the benchmark scripts: interleaved repeats, medians, CUDA-synchronised."""
+"""Side-by-side timing shared by the benchmark scripts: interleaved repeats, medians, CUDA-synchronised, and the
+results file each timing script writes."""
 
+import json
 import statistics
 import time
+from pathlib import Path
 
 import torch
+
+RESULTS = Path(__file__).resolve().parent / "results"
 
 
 def median_times(functions, repeats: int, device: torch.device) -> list:
@@ -28,3 +33,14 @@ def median_times(functions, repeats: int, device: torch.device) -> list:
             synchronize()
             times[index].append(time.perf_counter() - start)
     return [statistics.median(series) for series in times]
+
+
+def write_results(out, name: str, args, machine: dict, **results) -> Path:
+    """Write a timing run as JSON (machine, dtype, repeats, then `results`) to `out`, or by default to
+    benchmarks/results/<name>-<device>-<date>.json; print and return where."""
+    out = Path(out) if out else RESULTS / f"{name}-{args.device}-{machine['date'][:10]}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    payload = {"machine": machine, "dtype": args.dtype, "repeats": args.repeats, **results}
+    out.write_text(json.dumps(payload, indent=2) + "\n")
+    print(f"\nwrote {out}")
+    return out

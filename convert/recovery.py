@@ -41,7 +41,7 @@ import torch
 from torch import nn
 
 from configuration_lite_whisper import ATTENTION_SLOTS
-from modeling_lite_whisper import LowRankLinear
+from modeling_lite_whisper import LowRankLinear, set_inference_layout
 
 from .calibration import encoder_of
 
@@ -188,10 +188,9 @@ def refit_least_squares(
     from tqdm.auto import tqdm
 
     lite_encoder, stock_encoder = encoder_of(lite), encoder_of(stock)
-    factored = [module for module in lite_encoder.modules() if isinstance(module, LowRankLinear)]
-    modes = [module.training for module in factored]
-    for module in factored:  # drop merged weights: the refit edits the factors that later stages run through
-        module.train()
+    # run the factors themselves (no merged weights, per-head attention): the refit edits the factors that later
+    # stages run through, and captures each slot's input
+    set_inference_layout(lite_encoder, False)
     parameter = next(lite_encoder.parameters())
     dtype, device = parameter.dtype, parameter.device
     lite_hidden = torch.cat([_stem(lite_encoder, chunk.to(device, dtype)) for chunk in _chunks(features, chunk_size)])
@@ -207,8 +206,7 @@ def refit_least_squares(
         lite_hidden = torch.cat([_layer(lite_layer, chunk) for chunk in _chunks(lite_hidden, chunk_size)])
         stock_hidden = torch.cat([_layer(stock_layer, chunk) for chunk in _chunks(stock_hidden, chunk_size)])
     bar.close()
-    for module, mode in zip(factored, modes):
-        module.train(mode)  # eval(): merged weights rebuilt from the refitted factors
+    set_inference_layout(lite_encoder, True)  # rebuilt from the refitted factors
 
 
 def _refit_stage(lite_layer, stock_layer, slots, lite_hidden, stock_hidden, ridge, chunk_size, all_reduce) -> None:
@@ -353,7 +351,8 @@ def distill(
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda step: _learning_rate_factor(step, settings.warmup_steps, settings.steps)
     )
-    lite_encoder.eval()  # no dropout; the factors are used (not a merged weight) because gradients flow to them
+    lite_encoder.eval()  # no dropout
+    set_inference_layout(lite_encoder, False)  # the held-out checks too must run the factors as trained so far
     best_error = report.holdout_error_after_refit if report.holdout_error_after_refit is not None else report.holdout_error_before
     if best_error is None and len(holdout_features):
         best_error = holdout_error(lite, stock, holdout_features, processes=processes)
@@ -410,7 +409,8 @@ def distill(
             parameter.requires_grad_(True)
         for parameter, flag in zip(stock_encoder.parameters(), stock_flags):
             parameter.requires_grad_(flag)
-        lite.eval()  # rebuild the merged inference weights from the kept factors
+        set_inference_layout(lite_encoder, True)
+        lite.eval()  # the inference layout, rebuilt from the kept factors
     report.holdout_error_after = best_error
     report.distill_seconds = time.perf_counter() - started
     return report

@@ -36,3 +36,16 @@ def test_low_rank_slots_count_their_factors_and_bias():
     assert encoder_parameters(dense) - encoder_parameters(lite) == saved
     saved_flops = 2 * 1500 * ((384 * 384 - 64 * 768) * 2 + 384 * 1536 - 128 * 1920)
     assert encoder_flops(dense) - encoder_flops(lite) == saved_flops
+
+
+def test_reduced_attention_flops_count_scores_and_values_in_the_shared_rank():
+    shape, _ = SHAPES["tiny"]  # head_dim 64
+    ranks = [{"q_proj": 96, "k_proj": 32, "v_proj": 48}] + [{}] * 3
+    lite = LiteWhisperConfig(low_rank_config=ranks, **whisper_config(shape))
+    t, d, heads, shared = 1500, 384, 6, 48  # keys and values shared by all heads, in max(r_k, r_v) dimensions
+    per_head = 2 * d * (96 + 32 + 48) + d * d + 2 * t * d
+    reduced = d * (96 + 32 + 48) + heads * 96 * shared + 2 * t * heads * shared + heads * 48 * d
+    assert encoder_flops(lite) - encoder_flops(lite, reduced_attention_threshold=0.9) == 2 * t * (per_head - reduced)
+    wide_keys = LiteWhisperConfig(low_rank_config=[{"q_proj": 64, "k_proj": 80, "v_proj": 32}] + [{}] * 3,
+                                  **whisper_config(shape))  # r_k above head_dim: per-head attention is cheaper
+    assert encoder_flops(wide_keys, reduced_attention_threshold=0.9) == encoder_flops(wide_keys)

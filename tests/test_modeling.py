@@ -14,7 +14,14 @@ from safetensors.torch import save_file
 from transformers import AutoModel, AutoModelForSpeechSeq2Seq, WhisperConfig, WhisperForConditionalGeneration
 
 from configuration_lite_whisper import LiteWhisperConfig
-from modeling_lite_whisper import LiteWhisperEncoder, LiteWhisperForConditionalGeneration, LowRankLinear
+import modeling_lite_whisper
+from modeling_lite_whisper import (
+    LiteWhisperEncoder,
+    LiteWhisperForConditionalGeneration,
+    LowRankLinear,
+    set_inference_layout,
+    uses_reduced_attention,
+)
 
 RANKS = [{"q_proj": 16, "k_proj": 16, "v_proj": 24, "out_proj": 24, "fc1": 32, "fc2": 32}, {"k_proj": 8, "fc2": 48}]
 
@@ -273,8 +280,10 @@ def test_inference_layout_merges_only_where_dense_is_cheaper_and_never_changes_r
     assert near_break_even.merged_weight is None
 
 
-def test_factored_q_k_v_share_one_first_factor_gemm_without_changing_results(dense_and_lite):
+def test_factored_q_k_v_share_one_first_factor_gemm_without_changing_results(dense_and_lite, monkeypatch):
     _, lite = dense_and_lite
+    monkeypatch.setitem(modeling_lite_whisper.REDUCED_ATTENTION_BELOW_FLOP_RATIO, "cpu", 0.0)  # per-head only
+    lite.eval()
     attention = lite.model.encoder.layers[0].self_attn  # q, k, v all factored
     slots = [attention.q_proj, attention.k_proj, attention.v_proj]
     groups = {id(slot.shared_first_factor[0]) for slot in slots}
@@ -316,3 +325,118 @@ def test_loaded_models_use_the_merged_layout_and_reloading_weights_refreshes_it(
     reloaded.load_state_dict(state)
     torch.testing.assert_close(fc2.merged_weight, fc2.dense_weight())
     assert torch.allclose(fc2.merged_weight, 2 * (lite.model.encoder.layers[1].fc2.dense_weight()))
+
+
+def test_a_newly_built_model_is_initialised_like_whisper():
+    torch.manual_seed(0)
+    model = LiteWhisperForConditionalGeneration(LiteWhisperConfig(low_rank_config=RANKS, **TINY_WHISPER))
+    for name, parameter in model.named_parameters():
+        assert torch.isfinite(parameter).all(), name
+    encoder = model.model.encoder
+    assert 0 < encoder.conv1.weight.std() < 1 and 0 < encoder.layers[1].fc1.weight.std() < 1
+    assert torch.equal(encoder.layers[0].self_attn_layer_norm.weight, torch.ones(64))
+    assert torch.equal(encoder.layers[0].self_attn.q_proj.bias, torch.zeros(64))
+
+
+# head_dim 16: layers 0 and 1 run reduced attention (in 6 and 8 dimensions: r_k < r_v, r_v < r_k), layer 2
+# cannot (v is dense); positions: 30
+REDUCED_RANKS = [
+    {"q_proj": 8, "k_proj": 4, "v_proj": 6, "out_proj": 24, "fc1": 32},
+    {"q_proj": 12, "k_proj": 8, "v_proj": 4},
+    {"q_proj": 8, "k_proj": 8},
+]
+
+
+def reduced_encoder(dtype=torch.float32):
+    torch.manual_seed(0)
+    config = LiteWhisperConfig(low_rank_config=REDUCED_RANKS, **{**TINY_WHISPER, "encoder_layers": 3})
+    encoder = LiteWhisperEncoder(config)
+    with torch.no_grad():
+        for attention in (layer.self_attn for layer in encoder.layers):
+            for slot in (attention.q_proj, attention.k_proj, attention.v_proj, attention.out_proj):
+                if slot.bias is not None:
+                    slot.bias.normal_()  # biases matter to the folds: q's moves every score, v's the output
+    return encoder.to(dtype).eval()
+
+
+def per_head(encoder, monkeypatch):
+    """The same encoder with attention in the per-head form everywhere (the plain factored forward)."""
+    monkeypatch.setitem(modeling_lite_whisper.REDUCED_ATTENTION_BELOW_FLOP_RATIO, "cpu", 0.0)
+    encoder.eval()
+    monkeypatch.undo()
+
+
+def test_reduced_attention_is_chosen_where_key_and_value_ranks_are_below_the_head_dimension():
+    tiny = dict(d_model=384, num_heads=6, positions=1500, threshold=0.9)  # head_dim 64
+    assert uses_reduced_attention({"q_proj": 96, "k_proj": 32, "v_proj": 48}, **tiny)
+    assert uses_reduced_attention({"q_proj": 16, "k_proj": 16, "v_proj": 16, "out_proj": 64}, **tiny)
+    assert not uses_reduced_attention({"q_proj": 48, "k_proj": 80, "v_proj": 32}, **tiny)  # keys need 80 dims
+    assert not uses_reduced_attention({"q_proj": 32, "k_proj": 32}, **tiny)  # v dense: nothing to share
+    assert not uses_reduced_attention({"q_proj": 128, "k_proj": 128, "v_proj": 128, "out_proj": 128}, **tiny)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+def test_reduced_attention_matches_per_head_attention(dtype, monkeypatch):
+    encoder = reduced_encoder()
+    assert [layer.self_attn.reduced_attention is not None for layer in encoder.layers] == [True, True, False]
+    x = features(batch=2)
+    with torch.no_grad():
+        reduced = encoder(x).last_hidden_state
+        per_head(encoder, monkeypatch)
+        assert all(layer.self_attn.reduced_attention is None for layer in encoder.layers)
+        plain = encoder(x).last_hidden_state
+        torch.testing.assert_close(reduced, plain, atol=1e-4, rtol=1e-4)
+        if dtype == torch.float16:
+            reduced_half = reduced_encoder(dtype)(x.to(dtype)).last_hidden_state.float()
+            assert torch.isfinite(reduced_half).all()
+            torch.testing.assert_close(reduced_half, plain, atol=2e-2, rtol=2e-2)
+
+
+def test_reduced_attention_is_inference_only_and_never_saved(monkeypatch):
+    encoder = reduced_encoder()
+    saved_names = set(encoder.state_dict())
+    x = features(batch=1)
+    with torch.no_grad():
+        reduced = encoder(x).last_hidden_state
+    # gradients must reach the factors: with grad enabled the inherited per-head forward runs
+    encoder(x).last_hidden_state.sum().backward()
+    assert encoder.layers[0].self_attn.q_proj.weight1.grad is not None
+    # attention weights are what the reduced form never forms: asking for them takes the per-head forward
+    encoder.config._attn_implementation = "eager"  # the implementation that returns attention weights
+    with torch.no_grad():
+        outputs = encoder(x, output_attentions=True)
+    assert all(weights is not None and weights.shape == (1, 4, 30, 30) for weights in outputs.attentions)
+    torch.testing.assert_close(outputs.last_hidden_state, reduced, atol=1e-4, rtol=1e-4)
+    encoder.train()
+    assert all(layer.self_attn.reduced_attention is None for layer in encoder.layers)
+    encoder.eval()
+    assert [layer.self_attn.reduced_attention is not None for layer in encoder.layers] == [True, True, False]
+    assert set(encoder.state_dict()) == saved_names
+
+
+def test_reduced_attention_compiles_with_fullgraph():
+    encoder = reduced_encoder()
+    x = features(batch=1)
+    with torch.no_grad():
+        eager = encoder(x).last_hidden_state
+        compiled = torch.compile(encoder, fullgraph=True)(x).last_hidden_state
+    torch.testing.assert_close(compiled, eager, atol=1e-4, rtol=1e-4)
+
+
+def test_switching_the_inference_layout_off_runs_the_factors_as_they_are_edited(monkeypatch):
+    encoder = reduced_encoder()
+    x = features(batch=1)
+    set_inference_layout(encoder, False)
+    assert encoder.layers[0].self_attn.reduced_attention is None and not encoder.training
+    with torch.no_grad():
+        for layer in encoder.layers:  # an in-place edit of every factor, as recovery makes
+            for slot in (layer.self_attn.q_proj, layer.self_attn.k_proj):
+                slot.weight2.mul_(1.5)
+        edited = encoder(x).last_hidden_state
+        set_inference_layout(encoder, True)
+        assert encoder.layers[0].self_attn.reduced_attention is not None
+        rebuilt = encoder(x).last_hidden_state
+        per_head(encoder, monkeypatch)
+        plain = encoder(x).last_hidden_state
+    torch.testing.assert_close(edited, plain, atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(rebuilt, plain, atol=1e-4, rtol=1e-4)

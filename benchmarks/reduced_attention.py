@@ -1,0 +1,100 @@
+"""When does attention in the reduced dimension pay? (sets REDUCED_ATTENTION_BELOW_FLOP_RATIO)
+
+For one encoder self-attention layer of each Whisper family on a 30 s window (1500 positions), times the
+per-head form (q/k/v/out_proj as their slots, scores and weighted sum per head, SDPA) against ReducedAttention
+(one key and one value of max(r_k, r_v) dimensions shared by all heads; see modeling_lite_whisper.py) for a
+sweep of q/k/v ranks, out_proj dense. Prints the attention layer's reduced/per-head FLOP ratio next to the
+measured time ratio; interleaved medians.
+
+    python benchmarks/reduced_attention.py [--families tiny base] [--batch 1 8] [--device cuda --dtype float16]
+
+The last rows give, per FLOP-ratio bin, the median time ratio over all cases: the threshold in
+modeling_lite_whisper.py is the FLOP ratio up to which reduced attention stays faster.
+"""
+
+import argparse
+import statistics
+
+import torch
+from transformers import WhisperConfig
+
+import modeling_lite_whisper
+from lite_whisper_convert.evaluation import machine_info
+from modeling_lite_whisper import LiteWhisperAttention, LowRankLinear, attention_macs
+from timing import median_times, write_results
+
+FAMILIES = {"tiny": (384, 6), "base": (512, 8), "small": (768, 12), "large-v3": (1280, 20)}  # d_model, heads
+RANKS = [  # (r_q, r_k, r_v)
+    (16, 16, 16), (32, 32, 32), (64, 32, 32), (48, 48, 48), (64, 32, 48), (64, 48, 32), (56, 56, 56),
+    (64, 64, 64), (96, 48, 64), (80, 80, 80),
+]
+POSITIONS = 1500
+BINS = ((0.0, 0.6), (0.6, 0.8), (0.8, 0.9), (0.9, 1.0), (1.0, 1.1), (1.1, 10.0))
+
+
+def attention_layer(d_model, heads, ranks: dict, device, dtype, reduced: bool):
+    """One encoder self-attention with the given slots at their ranks, in the per-head or the reduced layout."""
+    config = WhisperConfig(d_model=d_model, encoder_attention_heads=heads, max_source_positions=POSITIONS)
+    config._attn_implementation = "sdpa"
+    attention = LiteWhisperAttention(embed_dim=d_model, num_heads=heads, config=config)
+    for slot, rank in ranks.items():
+        factors = torch.randn(d_model, rank) / d_model**0.5, torch.randn(rank, d_model) / rank**0.5
+        setattr(attention, slot, LowRankLinear.from_factors(*factors, torch.randn(d_model)))
+    thresholds = modeling_lite_whisper.REDUCED_ATTENTION_BELOW_FLOP_RATIO
+    saved = dict(thresholds)
+    thresholds.update({key: float("inf") if reduced else 0.0 for key in thresholds})
+    try:
+        attention.to(device, dtype).eval()
+    finally:
+        thresholds.update(saved)
+    assert (attention.reduced_attention is not None) == reduced
+    return attention
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--families", nargs="+", default=list(FAMILIES), choices=list(FAMILIES))
+    parser.add_argument("--batch", type=int, nargs="+", default=[1, 8])
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--dtype", default="float32")
+    parser.add_argument("--out", default=None, help="JSON results file (default: benchmarks/results/...)")
+    args = parser.parse_args(argv)
+    device, dtype = torch.device(args.device), getattr(torch, args.dtype)
+    machine = machine_info()
+    where = machine["gpu"] or f"{machine['cpu']}, {machine['threads']} threads"
+    print(f"Machine: {where}; torch {machine['torch']}; {machine['date']}; {args.dtype}, {POSITIONS} positions\n")
+    print("| family | batch | r_q, r_k, r_v | FLOP ratio | per-head ms | time ratio |\n|---|---|---|---|---|---|")
+    torch.manual_seed(0)
+    rows = []
+    with torch.no_grad():
+        for family in args.families:
+            d_model, heads = FAMILIES[family]
+            for batch in args.batch:
+                x = torch.randn(batch, POSITIONS, d_model, device=device, dtype=dtype)
+                for rank_q, rank_k, rank_v in RANKS:
+                    ranks = {"q_proj": rank_q, "k_proj": rank_k, "v_proj": rank_v}
+                    per_head, reduced = (attention_layer(d_model, heads, ranks, device, dtype, form)
+                                         for form in (False, True))
+                    times = median_times([lambda: per_head(hidden_states=x)[0], lambda: reduced(hidden_states=x)[0]],
+                                         args.repeats, device)
+                    per_head_macs, reduced_macs = attention_macs(ranks, d_model, heads, POSITIONS)
+                    row = {"family": family, "batch": batch, "ranks": [rank_q, rank_k, rank_v],
+                           "flop_ratio": reduced_macs / per_head_macs, "per_head_seconds": times[0],
+                           "time_ratio": times[1] / times[0]}
+                    rows.append(row)
+                    print(f"| {family} | {batch} | {rank_q}, {rank_k}, {rank_v} | {row['flop_ratio']:.3f} | "
+                          f"{1e3 * times[0]:.1f} | {row['time_ratio']:.3f} |", flush=True)
+    print("\n| FLOP ratio | cases | median time ratio | worst time ratio |\n|---|---|---|---|")
+    summary = []
+    for low, high in BINS:
+        ratios = [row["time_ratio"] for row in rows if low <= row["flop_ratio"] < high]
+        if ratios:
+            summary.append({"flop_ratio_from": low, "flop_ratio_to": high, "cases": len(ratios),
+                            "median_time_ratio": statistics.median(ratios), "worst_time_ratio": max(ratios)})
+            print(f"| {low:.1f}-{high:.1f} | {len(ratios)} | {statistics.median(ratios):.3f} | {max(ratios):.3f} |")
+    write_results(args.out, "reduced_attention", args, machine, rows=rows, summary=summary)
+
+
+if __name__ == "__main__":
+    main()
