@@ -197,16 +197,16 @@ def main(argv=None) -> int:
                 row["recipe_wer_fallback"], _ = wer_of(lite, True)
             print(f"{params / 1e6:.2f}M recipe WER {row['recipe_wer']:.2f}", flush=True)
         started = time.perf_counter()
-        report = recover(lite, stock, extractor, utterances, settings, progress=False)
+        recovery = recover(lite, stock, extractor, utterances, settings, progress=False)
         row["recover_seconds"] = time.perf_counter() - started
-        row["report"] = {key: value for key, value in report.as_dict().items() if key != "settings"}
+        row["report"] = {key: value for key, value in recovery.as_dict().items() if key != "settings"}
         row["recovered_wer"], _ = wer_of(lite)
         if args.fallback:
             row["recovered_wer_fallback"], _ = wer_of(lite, True)
         row["peak_rss_mb"] = peak_rss_mb()
         print(f"{params / 1e6:.2f}M recovered WER {row['recovered_wer']:.2f} held-out error "
-              f"{report.holdout_error_before:.4f} -> refit {report.holdout_error_after_refit} -> "
-              f"{report.holdout_error_after:.4f} (best step {report.best_step}, {row['recover_seconds']:.0f} s)",
+              f"{recovery.holdout_error_before:.4f} -> refit {recovery.holdout_error_after_refit} -> "
+              f"{recovery.holdout_error_after:.4f} (best step {recovery.best_step}, {row['recover_seconds']:.0f} s)",
               flush=True)
         results["rows"].append(row)
         save()

@@ -5,7 +5,6 @@ import torch
 from transformers import WhisperConfig
 
 from lite_whisper_convert import ranks
-from lite_whisper_convert.measures import encoder_parameters
 from lite_whisper_convert.ranks import (
     OFFICIAL_ENCODER_PARAMS,
     RankPolicyError,
