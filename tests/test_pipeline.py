@@ -127,3 +127,28 @@ def test_the_readme_usage_snippet_runs(tiny_lite_dir, monkeypatch, capsys):
     snippet = snippet.replace('"efficient-speech/lite-whisper-large-v3-turbo-acc"', repr(str(tiny_lite_dir)))
     exec(compile(snippet.replace('"audio.flac"', repr(str(clip))), "README.md", "exec"), {})
     assert normalised_wer(["HE COULD WAIT NO LONGER"], [capsys.readouterr().out]) == 0
+
+
+def test_reduced_attention_on_real_weights_transcribes_as_per_head_attention(tiny_en_dir, clips, tmp_path):
+    from modeling_lite_whisper import LiteWhisperForConditionalGeneration, set_inference_layout
+
+    # q/k/v/out_proj at rank 48, below tiny's head_dim of 64: every layer runs ReducedAttention once loaded
+    repo = build_lite_repo(tiny_en_dir, tmp_path / "lite-rank-48", attention_rank=48, mlp_rank=320)
+    model = LiteWhisperForConditionalGeneration.from_pretrained(repo, dtype=torch.float32)
+    half = LiteWhisperForConditionalGeneration.from_pretrained(repo, dtype=torch.float16)
+    assert all(layer.self_attn.reduced_attention is not None for layer in model.model.encoder.layers)
+    processor = WhisperProcessor.from_pretrained(tiny_en_dir)
+    features = processor([clip.audio for clip in clips[:2]], sampling_rate=16000, return_tensors="pt").input_features
+    with torch.no_grad():
+        reduced = model.model.encoder(features).last_hidden_state
+        reduced_half = half.model.encoder(features.half()).last_hidden_state.float()
+        reduced_tokens = model.generate(features, max_new_tokens=40)
+        set_inference_layout(model, False)
+        set_inference_layout(half, False)
+        per_head = model.model.encoder(features).last_hidden_state
+        per_head_half = half.model.encoder(features.half()).last_hidden_state.float()
+        per_head_tokens = model.generate(features, max_new_tokens=40)
+    assert torch.equal(reduced_tokens, per_head_tokens)
+    torch.testing.assert_close(reduced, per_head, atol=1e-3, rtol=1e-3)
+    # in fp16 the reduced form strays from fp32 no more than the per-head form does
+    assert (reduced_half - per_head).abs().max() <= 1.5 * (per_head_half - per_head).abs().max()
