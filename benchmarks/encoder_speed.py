@@ -39,10 +39,9 @@ from transformers.models.whisper.modeling_whisper import WhisperEncoder
 import modeling_lite_whisper
 from configuration_lite_whisper import LOW_RANK_SLOTS, LiteWhisperConfig, slot_shape
 from modeling_lite_whisper import uses_reduced_attention
-from lite_whisper_convert.evaluation import machine_info
 from lite_whisper_convert.measures import encoder_flops, encoder_parameters
 from lite_whisper_convert.ranks import OFFICIAL_ENCODER_PARAMS
-from timing import median_times, write_results
+from timing import add_timing_arguments, median_times, start_timing, write_results
 
 FAMILIES = {  # d_model, layers, heads, ffn, mel bins
     "tiny": (384, 4, 6, 1536, 80),
@@ -125,26 +124,16 @@ def cases(args):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--families", nargs="*", default=["tiny", "base", "small"], choices=list(FAMILIES))
+    add_timing_arguments(parser, FAMILIES, ["tiny", "base", "small"], batch=[1, 8], repeats=5)
     parser.add_argument("--presets", nargs="+", default=["acc", "balanced", "fast"])
     parser.add_argument("--lite", nargs="*", default=[], metavar="DIR", help="time these LiteWhisper folders' ranks")
-    parser.add_argument("--batch", nargs="+", type=int, default=[1, 8])
-    parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--device", default="cpu")
-    parser.add_argument("--dtype", default="float32")
     parser.add_argument("--compile", action="store_true", help="also time torch.compile(fullgraph=True) forms")
     parser.add_argument("--no-factored", action="store_true",
                         help="time only stock and the inference layout (saves a third of the run on large shapes)")
     parser.add_argument("--attention-rank", type=int, default=None, metavar="R",
                         help="uniform cases: q/k/v at rank R in every layer (reduced attention everywhere)")
-    parser.add_argument("--out", default=None, help="JSON results file (default: benchmarks/results/...)")
     args = parser.parse_args(argv)
-
-    device, dtype = torch.device(args.device), getattr(torch, args.dtype)
-    machine = machine_info()
-    where = machine["gpu"] or f"{machine['cpu']}, {machine['threads']} threads"
-    print(f"Machine: {where}; torch {machine['torch']}, transformers {machine['transformers']}; {machine['date']}")
-    print(f"{args.dtype}, 30 s windows, median of {args.repeats} interleaved repeats\n")
+    device, dtype, machine = start_timing(args)
     columns = ["case", "batch", "encoder params", "reduced-attn layers", "FLOP ratio", "layout FLOP ratio", "stock s",
                "factored ratio", "layout ratio", "layout / layout FLOP ratio"] + (["compiled stock s", "compiled layout ratio"] if args.compile else [])
     print("| " + " | ".join(columns) + " |\n|" + "---|" * len(columns))

@@ -14,8 +14,7 @@ import statistics
 
 import torch
 
-from lite_whisper_convert.evaluation import machine_info
-from timing import median_times, write_results
+from timing import add_timing_arguments, median_times, start_timing, write_results
 
 WIDTHS = {"tiny": 384, "base": 512, "small": 768, "large-v3": 1280}
 FLOP_RATIOS = (0.5, 0.6, 0.75)
@@ -24,17 +23,9 @@ SLOT_COUNTS = (2, 3)  # q and k factored (the common case in our presets), or al
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--device", default="cpu")
-    parser.add_argument("--dtype", default="float32")
-    parser.add_argument("--batch", type=int, nargs="+", default=[1, 8])
-    parser.add_argument("--repeats", type=int, default=15)
-    parser.add_argument("--families", nargs="+", default=list(WIDTHS), choices=list(WIDTHS))
-    parser.add_argument("--out", default=None, help="JSON results file (default: benchmarks/results/...)")
+    add_timing_arguments(parser, WIDTHS, WIDTHS, batch=[1, 8], repeats=15)
     args = parser.parse_args(argv)
-    device, dtype = torch.device(args.device), getattr(torch, args.dtype)
-    machine = machine_info()
-    where = machine["gpu"] or f"{machine['cpu']}, {machine['threads']} threads"
-    print(f"Machine: {where}; torch {machine['torch']}; {machine['date']}; {args.dtype}, median of {args.repeats}\n")
+    device, dtype, machine = start_timing(args)
     columns = [f"{slots} slots at {ratio:.2f}" for slots in SLOT_COUNTS for ratio in FLOP_RATIOS]
     print("| family | batch | " + " | ".join(columns) + " |\n|---|---|" + "---|" * len(columns))
     rows = []

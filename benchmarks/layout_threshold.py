@@ -15,8 +15,7 @@ import statistics
 
 import torch
 
-from lite_whisper_convert.evaluation import machine_info
-from timing import median_times, write_results
+from timing import add_timing_arguments, median_times, start_timing, write_results
 
 SHAPES = {  # (in, out) of the attention projections and the two MLP layers, per family
     "tiny": [(384, 384), (384, 1536), (1536, 384)],
@@ -29,17 +28,9 @@ FLOP_RATIOS = (0.3, 0.5, 0.6, 0.7, 0.8, 0.85, 0.9, 0.95)
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--device", default="cpu")
-    parser.add_argument("--dtype", default="float32")
-    parser.add_argument("--batch", type=int, nargs="+", default=[1])
-    parser.add_argument("--repeats", type=int, default=7)
-    parser.add_argument("--families", nargs="+", default=list(SHAPES))
-    parser.add_argument("--out", default=None, help="JSON results file (default: benchmarks/results/...)")
+    add_timing_arguments(parser, SHAPES, SHAPES, batch=[1], repeats=7)
     args = parser.parse_args(argv)
-    device, dtype = torch.device(args.device), getattr(torch, args.dtype)
-    machine = machine_info()
-    device_name = machine["gpu"] or f"{machine['cpu']}, {machine['threads']} threads"
-    print(f"Machine: {device_name}; torch {machine['torch']}; {machine['date']}; {args.dtype}\n")
+    device, dtype, machine = start_timing(args)
     print("| family | in x out | batch | " + " | ".join(f"flops {ratio:.2f}" for ratio in FLOP_RATIOS) + " |")
     print("|---|---|---|" + "---|" * len(FLOP_RATIOS))
     rows = []

@@ -19,9 +19,8 @@ import torch
 from transformers import WhisperConfig
 
 import modeling_lite_whisper
-from lite_whisper_convert.evaluation import machine_info
 from modeling_lite_whisper import LiteWhisperAttention, LowRankLinear, attention_macs
-from timing import median_times, write_results
+from timing import add_timing_arguments, median_times, start_timing, write_results
 
 FAMILIES = {"tiny": (384, 6), "base": (512, 8), "small": (768, 12), "large-v3": (1280, 20)}  # d_model, heads
 RANKS = [  # (r_q, r_k, r_v)
@@ -53,17 +52,9 @@ def attention_layer(d_model, heads, ranks: dict, device, dtype, reduced: bool):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--families", nargs="+", default=list(FAMILIES), choices=list(FAMILIES))
-    parser.add_argument("--batch", type=int, nargs="+", default=[1, 8])
-    parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--device", default="cpu")
-    parser.add_argument("--dtype", default="float32")
-    parser.add_argument("--out", default=None, help="JSON results file (default: benchmarks/results/...)")
+    add_timing_arguments(parser, FAMILIES, FAMILIES, batch=[1, 8], repeats=5)
     args = parser.parse_args(argv)
-    device, dtype = torch.device(args.device), getattr(torch, args.dtype)
-    machine = machine_info()
-    where = machine["gpu"] or f"{machine['cpu']}, {machine['threads']} threads"
-    print(f"Machine: {where}; torch {machine['torch']}; {machine['date']}; {args.dtype}, {POSITIONS} positions\n")
+    device, dtype, machine = start_timing(args)
     print("| family | batch | r_q, r_k, r_v | FLOP ratio | per-head ms | time ratio |\n|---|---|---|---|---|---|")
     torch.manual_seed(0)
     rows = []

@@ -8,6 +8,8 @@ from pathlib import Path
 
 import torch
 
+from lite_whisper_convert.evaluation import machine_info
+
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
@@ -44,3 +46,22 @@ def write_results(out, name: str, args, machine: dict, **results) -> Path:
     out.write_text(json.dumps(payload, indent=2) + "\n")
     print(f"\nwrote {out}")
     return out
+
+
+def add_timing_arguments(parser, families, default_families, batch, repeats) -> None:
+    """The options every timing script takes: --families, --batch, --repeats, --device, --dtype, --out."""
+    parser.add_argument("--families", nargs="*", default=list(default_families), choices=list(families))
+    parser.add_argument("--batch", type=int, nargs="+", default=list(batch))
+    parser.add_argument("--repeats", type=int, default=repeats)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--dtype", default="float32")
+    parser.add_argument("--out", default=None, help="JSON results file (default: benchmarks/results/...)")
+
+
+def start_timing(args) -> tuple:
+    """(device, dtype, machine info) for a parsed timing run, after printing which machine it runs on."""
+    machine = machine_info()
+    where = machine["gpu"] or f"{machine['cpu']}, {machine['threads']} threads"
+    print(f"Machine: {where}; torch {machine['torch']}, transformers {machine['transformers']}; {machine['date']}; "
+          f"{args.dtype}, median of {args.repeats} interleaved repeats\n")
+    return torch.device(args.device), getattr(torch, args.dtype), machine
