@@ -61,6 +61,13 @@ MERGE_ABOVE_FLOP_RATIO = {"cpu": 0.9, "cuda": 0.6}
 # it ran 0-10 % slower. CUDA: an estimate until measured there, kept below the CPU value.
 REDUCED_ATTENTION_BELOW_FLOP_RATIO = {"cpu": 1.0, "cuda": 0.9}
 
+
+
+def threshold_for(table: dict, device_type: str) -> float:
+    """A layout threshold for a device type; devices without a measured value use the CPU one."""
+    return table.get(device_type, table["cpu"])
+
+
 # transformers 4.53 returns (output, weights, cache) from an attention layer; later versions (output, weights).
 _ATTENTION_RETURNS_CACHE = tuple(int(part) for part in transformers.__version__.split(".")[:2]) < (4, 54)
 
@@ -139,7 +146,7 @@ class LowRankLinear(nn.Module):
 
     def refresh_inference_layout(self) -> None:
         """Merge the factors for inference where dense is faster on this device; unmerge in training."""
-        threshold = MERGE_ABOVE_FLOP_RATIO.get(self.weight1.device.type, MERGE_ABOVE_FLOP_RATIO["cpu"])
+        threshold = threshold_for(MERGE_ABOVE_FLOP_RATIO, self.weight1.device.type)
         self.shared_first_factor = None  # the attention layer regroups its slots after they refreshed
         off = self.training or not self.inference_layout_enabled or self.weight1.is_meta
         if off or self.factored_flop_ratio() <= threshold:
@@ -332,8 +339,7 @@ class LiteWhisperAttention(WhisperAttention):
         off = self.training or not self.inference_layout_enabled
         if off or any(slot.weight1.is_meta for slot in factored.values()):
             return
-        device = next(self.parameters()).device.type
-        threshold = REDUCED_ATTENTION_BELOW_FLOP_RATIO.get(device, REDUCED_ATTENTION_BELOW_FLOP_RATIO["cpu"])
+        threshold = threshold_for(REDUCED_ATTENTION_BELOW_FLOP_RATIO, next(self.parameters()).device.type)
         ranks = {name: slot.rank for name, slot in factored.items()}
         positions = self.config.max_source_positions
         if uses_reduced_attention(ranks, self.embed_dim, self.num_heads, positions, threshold):

@@ -38,10 +38,10 @@ from transformers.models.whisper.modeling_whisper import WhisperEncoder
 
 import modeling_lite_whisper
 from configuration_lite_whisper import LOW_RANK_SLOTS, LiteWhisperConfig, slot_shape
-from modeling_lite_whisper import uses_reduced_attention
+from modeling_lite_whisper import threshold_for, uses_reduced_attention
 from lite_whisper_convert.measures import encoder_flops, encoder_parameters
 from lite_whisper_convert.ranks import OFFICIAL_ENCODER_PARAMS
-from timing import add_timing_arguments, median_times, start_timing, write_results
+from timing import add_timing_arguments, median_times, start_timing, thresholds_overridden, write_results
 
 FAMILIES = {  # d_model, layers, heads, ffn, mel bins
     "tiny": (384, 4, 6, 1536, 80),
@@ -49,9 +49,6 @@ FAMILIES = {  # d_model, layers, heads, ffn, mel bins
     "small": (768, 12, 12, 3072, 80),
     "large-v3": (1280, 32, 20, 5120, 128),
 }
-LAYOUT_THRESHOLDS = (  # (merge above, reduced attention below): what `set_layout` switches off
-    modeling_lite_whisper.MERGE_ABOVE_FLOP_RATIO, modeling_lite_whisper.REDUCED_ATTENTION_BELOW_FLOP_RATIO,
-)
 
 
 def family_config(family: str) -> dict:
@@ -80,10 +77,8 @@ def uniform_ranks(config: dict, target_params: float) -> list:
     return ranks_at(low)
 
 
-def reduced_attention_layers(config: dict, low_rank_config: list, device: torch.device) -> int:
-    """Layers that the inference layout runs as ReducedAttention on this device."""
-    thresholds = modeling_lite_whisper.REDUCED_ATTENTION_BELOW_FLOP_RATIO
-    threshold = thresholds.get(device.type, thresholds["cpu"])
+def reduced_attention_layers(config: dict, low_rank_config: list, threshold: float) -> int:
+    """Layers that the inference layout runs as ReducedAttention, given the device's threshold."""
     return sum(
         uses_reduced_attention(ranks, config["d_model"], config["encoder_attention_heads"], 1500, threshold)
         for ranks in low_rank_config or []
@@ -93,15 +88,12 @@ def reduced_attention_layers(config: dict, low_rank_config: list, device: torch.
 def set_layout(encoder, inference: bool) -> None:
     """The inference layout on (merged where cheaper, reduced attention where cheaper: what loaded models run),
     or off: every slot factored and attention per head (q/k/v first factors still fused)."""
-    saved = [dict(thresholds) for thresholds in LAYOUT_THRESHOLDS]
-    if not inference:
-        for thresholds, off in zip(LAYOUT_THRESHOLDS, (float("inf"), 0.0)):
-            thresholds.update({key: off for key in thresholds})
-    try:
+    if inference:
         encoder.eval()
-    finally:
-        for thresholds, values in zip(LAYOUT_THRESHOLDS, saved):
-            thresholds.update(values)
+        return
+    with thresholds_overridden(modeling_lite_whisper.MERGE_ABOVE_FLOP_RATIO, float("inf")), \
+            thresholds_overridden(modeling_lite_whisper.REDUCED_ATTENTION_BELOW_FLOP_RATIO, 0.0):
+        encoder.eval()
 
 
 def cases(args):
@@ -134,8 +126,11 @@ def main(argv=None):
                         help="uniform cases: q/k/v at rank R in every layer (reduced attention everywhere)")
     args = parser.parse_args(argv)
     device, dtype, machine = start_timing(args)
+    reduced_threshold = threshold_for(modeling_lite_whisper.REDUCED_ATTENTION_BELOW_FLOP_RATIO, device.type)
     columns = ["case", "batch", "encoder params", "reduced-attn layers", "FLOP ratio", "layout FLOP ratio", "stock s",
-               "factored ratio", "layout ratio", "layout / layout FLOP ratio"] + (["compiled stock s", "compiled layout ratio"] if args.compile else [])
+               "factored ratio", "layout ratio", "layout / layout FLOP ratio"]
+    if args.compile:
+        columns += ["compiled stock s", "compiled layout ratio"]
     print("| " + " | ".join(columns) + " |\n|" + "---|" * len(columns))
     rows = []
     torch.manual_seed(0)
@@ -149,9 +144,8 @@ def main(argv=None):
             layout = copy.deepcopy(factored)
             set_layout(layout, inference=True)
             flop_ratio = encoder_flops(lite_config) / encoder_flops(stock_config)
-            reduced = modeling_lite_whisper.REDUCED_ATTENTION_BELOW_FLOP_RATIO
             layout_flop_ratio = encoder_flops(
-                lite_config, reduced_attention_threshold=reduced.get(device.type, reduced["cpu"])
+                lite_config, reduced_attention_threshold=reduced_threshold
             ) / encoder_flops(stock_config)
             for batch in args.batch:
                 x = torch.randn(batch, config["num_mel_bins"], 3000, device=device, dtype=dtype)
@@ -165,7 +159,7 @@ def main(argv=None):
                 times = dict(zip(forms, median_times(list(forms.values()), args.repeats, device)))
                 row = {
                     "case": label, "batch": batch, "encoder_params": encoder_parameters(lite_config),
-                    "reduced_attention_layers": reduced_attention_layers(config, low_rank_config, device),
+                    "reduced_attention_layers": reduced_attention_layers(config, low_rank_config, reduced_threshold),
                     "flop_ratio": flop_ratio, "layout_flop_ratio": layout_flop_ratio, "stock_seconds": times["stock"],
                     "factored_time_ratio": times["factored"] / times["stock"] if "factored" in times else None,
                     "layout_time_ratio": times["layout"] / times["stock"],

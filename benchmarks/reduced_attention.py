@@ -20,7 +20,7 @@ from transformers import WhisperConfig
 
 import modeling_lite_whisper
 from modeling_lite_whisper import LiteWhisperAttention, LowRankLinear, attention_macs
-from timing import add_timing_arguments, median_times, start_timing, write_results
+from timing import add_timing_arguments, median_times, start_timing, thresholds_overridden, write_results
 
 FAMILIES = {"tiny": (384, 6), "base": (512, 8), "small": (768, 12), "large-v3": (1280, 20)}  # d_model, heads
 RANKS = [  # (r_q, r_k, r_v)
@@ -39,13 +39,9 @@ def attention_layer(d_model, heads, ranks: dict, device, dtype, reduced: bool):
     for slot, rank in ranks.items():
         factors = torch.randn(d_model, rank) / d_model**0.5, torch.randn(rank, d_model) / rank**0.5
         setattr(attention, slot, LowRankLinear.from_factors(*factors, torch.randn(d_model)))
-    thresholds = modeling_lite_whisper.REDUCED_ATTENTION_BELOW_FLOP_RATIO
-    saved = dict(thresholds)
-    thresholds.update({key: float("inf") if reduced else 0.0 for key in thresholds})
-    try:
+    forced = float("inf") if reduced else 0.0  # every layer reduced where it can be, or none
+    with thresholds_overridden(modeling_lite_whisper.REDUCED_ATTENTION_BELOW_FLOP_RATIO, forced):
         attention.to(device, dtype).eval()
-    finally:
-        thresholds.update(saved)
     assert (attention.reduced_attention is not None) == reduced
     return attention
 

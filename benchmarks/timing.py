@@ -4,6 +4,7 @@ results file each timing script writes."""
 import json
 import statistics
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -65,3 +66,15 @@ def start_timing(args) -> tuple:
     print(f"Machine: {where}; torch {machine['torch']}, transformers {machine['transformers']}; {machine['date']}; "
           f"{args.dtype}, median of {args.repeats} interleaved repeats\n")
     return torch.device(args.device), getattr(torch, args.dtype), machine
+
+
+@contextmanager
+def thresholds_overridden(table: dict, value: float):
+    """Set every device's entry of a layout threshold table (e.g. MERGE_ABOVE_FLOP_RATIO) to `value` for the
+    duration, so that eval() builds a chosen layout; the table is restored afterwards."""
+    saved = dict(table)
+    table.update(dict.fromkeys(table, value))
+    try:
+        yield
+    finally:
+        table.update(saved)

@@ -10,7 +10,7 @@ the per-head FLOPs (modeling_lite_whisper.attention_macs).
 """
 
 from configuration_lite_whisper import ATTENTION_SLOTS, LOW_RANK_SLOTS, MLP_SLOTS, slot_shape
-from modeling_lite_whisper import attention_macs
+from modeling_lite_whisper import attention_macs, uses_reduced_attention
 
 WINDOW_FRAMES = 3000  # mel frames in a 30 s window; the encoder halves them in conv2
 KEY_HAS_NO_BIAS = "k_proj"
@@ -62,10 +62,10 @@ def encoder_flops(config, frames: int = WINDOW_FRAMES, reduced_attention_thresho
         ranks = _ranks(config, layer_index)
         total += sum(slot_flops(config, slot, ranks.get(slot), positions) for slot in MLP_SLOTS)
         attention_ranks = {slot: ranks[slot] for slot in ATTENTION_SLOTS if slot in ranks}
-        per_head, reduced = attention_macs(attention_ranks, d_model, config.encoder_attention_heads, positions)
-        reduced_pays = (
-            reduced_attention_threshold is not None and reduced is not None
-            and reduced <= reduced_attention_threshold * per_head
+        heads = config.encoder_attention_heads
+        per_head, reduced = attention_macs(attention_ranks, d_model, heads, positions)
+        reduced_runs = reduced_attention_threshold is not None and uses_reduced_attention(
+            attention_ranks, d_model, heads, positions, reduced_attention_threshold
         )
-        total += 2 * positions * (reduced if reduced_pays else per_head)
+        total += 2 * positions * (reduced if reduced_runs else per_head)
     return total

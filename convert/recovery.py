@@ -351,8 +351,8 @@ def distill(
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda step: _learning_rate_factor(step, settings.warmup_steps, settings.steps)
     )
-    lite_encoder.eval()  # no dropout
     set_inference_layout(lite_encoder, False)  # the held-out checks too must run the factors as trained so far
+    lite_encoder.eval()  # no dropout
     best_error = report.holdout_error_after_refit if report.holdout_error_after_refit is not None else report.holdout_error_before
     if best_error is None and len(holdout_features):
         best_error = holdout_error(lite, stock, holdout_features, processes=processes)
@@ -409,8 +409,8 @@ def distill(
             parameter.requires_grad_(True)
         for parameter, flag in zip(stock_encoder.parameters(), stock_flags):
             parameter.requires_grad_(flag)
-        set_inference_layout(lite_encoder, True)
-        lite.eval()  # the inference layout, rebuilt from the kept factors
+        lite.eval()
+        set_inference_layout(lite_encoder, True)  # rebuilt from the kept factors
     report.holdout_error_after = best_error
     report.distill_seconds = time.perf_counter() - started
     return report
