@@ -640,6 +640,14 @@ class ImportedWhisper:
     processor: WhisperProcessor
 
 
+def check_finite(state: Dict[str, torch.Tensor]) -> None:
+    """Refuse weights holding NaN or infinity: a model.bin damaged in transit or by a failed conversion."""
+    for name, tensor in state.items():
+        if tensor.is_floating_point() and not torch.isfinite(tensor).all():
+            raise WeightMappingError(f"weight {name} holds NaN or infinite values: the model.bin is damaged; "
+                                     "re-download or re-convert it")
+
+
 def convert_checkpoint(checkpoint: CT2Checkpoint, dtype: str) -> ImportedWhisper:
     """Read, map and check everything in memory; any problem raises before a file is written."""
     model = read_model_bin(checkpoint.model_files)
@@ -651,6 +659,7 @@ def convert_checkpoint(checkpoint: CT2Checkpoint, dtype: str) -> ImportedWhisper
     ct2_config = read_ct2_config(checkpoint.config_file, vocabulary, dims)
     config = whisper_config(dims, vocabulary, ct2_config, dtype)
     check_against_transformers(state, config)
+    check_finite(state)
     processor = WhisperProcessor(
         feature_extractor=WhisperFeatureExtractor(feature_size=dims.num_mel_bins),
         tokenizer=build_tokenizer(vocabulary, merges),

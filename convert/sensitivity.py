@@ -149,7 +149,8 @@ def measure_sensitivity(
         low_rank_config[layer_index][slot] = rank
         discarded = 1.0 - float(curve[rank - 1])
         loss = probe_loss(decompose(model, spectra_by_slot, low_rank_config), probes, processes)
-        sensitivity[key] = loss / discarded if discarded > 0 else 0.0
+        # KL is >= 0; a slightly negative estimate is rounding noise: the slot is insensitive
+        sensitivity[key] = max(loss, 0.0) / discarded if discarded > 0 else 0.0
     return sensitivity
 
 
