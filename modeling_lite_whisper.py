@@ -482,7 +482,7 @@ class LiteWhisperPreTrainedModel(WhisperPreTrainedModel):
             _record_load_dtype(staging / "config.json")
             for source in _code_files():
                 shutil.copyfile(source, staging / source.name)
-            _apply_umask(staging)
+            apply_umask(staging)
             _move_into_place(staging, save_directory)
         finally:
             shutil.rmtree(staging, ignore_errors=True)
@@ -504,7 +504,7 @@ def _record_load_dtype(config_path: Path) -> None:
     config_path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
 
 
-def _apply_umask(folder: Path) -> None:
+def apply_umask(folder: Path) -> None:
     """Give a staging folder and its files the modes the umask allows (mkdtemp and safetensors make them private)."""
     umask = os.umask(0)
     os.umask(umask)

@@ -355,14 +355,15 @@ def reduce_stats(stats: Stats, all_reduce: Callable[[torch.Tensor], None]) -> St
     """Sum `stats` across processes in place with a summing `all_reduce(tensor)`, e.g.
     `torch.distributed.all_reduce` (move the tensors to the backend's device first where it needs one).
 
-    The float64 sums are reduced one slot at a time; the counts travel together in one int64 tensor.
+    The float64 sums are reduced one slot at a time; the counts travel together in one int64 tensor: clips, each
+    slot's rows, real-audio positions, milliseconds of audio.
     """
     keys = sorted(stats.slots)
-    counts = torch.tensor([stats.utterances, stats.real_positions, round(stats.seconds * 1000)]
-                          + [stats.slots[key].count for key in keys], dtype=torch.int64)
+    counts = torch.tensor([stats.utterances] + [stats.slots[key].count for key in keys]
+                          + [stats.real_positions, round(stats.seconds * 1000)], dtype=torch.int64)
     all_reduce(counts)
-    stats.utterances, stats.real_positions, stats.seconds = int(counts[0]), int(counts[1]), int(counts[2]) / 1000
-    for position, key in enumerate(keys, start=3):
+    stats.utterances, stats.real_positions, stats.seconds = int(counts[0]), int(counts[-2]), int(counts[-1]) / 1000
+    for position, key in enumerate(keys, start=1):
         slot = stats.slots[key]
         slot.count = int(counts[position])
         all_reduce(slot.total)
