@@ -102,9 +102,9 @@ def check_output_folder(out_dir, overwrite: bool = False, inputs: Optional[Dict[
         if value is None or str(value).startswith("hf://") or (name == "MODEL" and not Path(str(value)).exists()):
             continue  # a Hub id or dataset: nothing local to destroy
         path = Path(str(value))
-        if _inside(path, out_dir) or _inside(out_dir, path):
+        if _inside(path, out_dir):  # replacing out_dir would take the input with it
             raise InputError(f"--out {out_dir} overlaps {name} {path}: writing there would "
-                             f"{'delete' if overwrite else 'mix into'} the input; choose an --out outside it")
+                             f"{'delete' if overwrite else 'mix into'} the input; choose another --out")
     parent = out_dir.resolve().parent
     existing = next(folder for folder in [parent, *parent.parents] if folder.exists())
     if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):

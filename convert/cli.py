@@ -8,8 +8,15 @@ import sys
 DEBUG_VARIABLE = "LITE_WHISPER_DEBUG"
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, with a usage mistake reported as one line like every other error."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="lite-whisper", description=__doc__)
+    parser = _Parser(prog="lite-whisper", description=__doc__)
     parser.add_argument("--debug", action="store_true",
                         help=f"show the traceback of an error (or set {DEBUG_VARIABLE}=1)")
     subparsers = parser.add_subparsers(dest="command", required=True)

@@ -750,7 +750,12 @@ def import_ct2(sources: Sequence[str], out_dir, dtype: str = "float16", overwrit
         raise ValueError(f"dtype must be one of {sorted(DTYPES)}, not {dtype!r}")
     out_dir = Path(out_dir)
     _check_output(out_dir, overwrite)
-    imported = convert_checkpoint(locate_checkpoint(sources), dtype)
+    checkpoint = locate_checkpoint(sources)
+    for source in {path.parent.resolve() for path in checkpoint.model_files + [checkpoint.config_file]}:
+        if source == out_dir.resolve() or out_dir.resolve() in source.parents:
+            raise OutputExistsError(f"--out {out_dir} overlaps the source {source}: writing there would "
+                                    f"{'delete' if overwrite else 'mix into'} it; choose another --out")
+    imported = convert_checkpoint(checkpoint, dtype)
     with _staging_folder(out_dir, overwrite) as staging:
         write_whisper_folder(imported, staging)
     return out_dir

@@ -68,7 +68,10 @@ def missing_files(folder) -> List[str]:
         problems.append("config.json")
         config = {}
     else:
-        config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+        try:
+            config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError) as error:
+            raise PushError(f"{folder / 'config.json'} is not readable JSON ({error}); re-export the folder") from None
         if config.get("model_type") != "lite-whisper":
             problems.append(f"a LiteWhisper config (config.json has model_type {config.get('model_type')!r})")
         auto_map = config.get("auto_map") or {}
