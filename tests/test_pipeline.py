@@ -104,9 +104,13 @@ def test_fresh_process_pipeline_matches_in_process(tiny_lite_dir, clips, tmp_pat
     assert result.stdout.strip() == asr(clips[0].audio)["text"].strip()
 
 
-def test_pipeline_without_trust_remote_code_fails_loudly(tiny_lite_dir):
-    with pytest.raises(ValueError, match="trust_remote_code=True"):
-        pipeline("automatic-speech-recognition", model=str(tiny_lite_dir))
+def test_pipeline_without_trust_remote_code_fails_loudly(tiny_lite_dir, tmp_path):
+    # In a fresh process, as a user meets it (a process that already loaded LiteWhisper with trust_remote_code has
+    # its classes registered with the Auto classes, and transformers then uses them, still strictly loaded).
+    script = f"from transformers import pipeline\npipeline('automatic-speech-recognition', model={str(tiny_lite_dir)!r})"
+    result = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, capture_output=True, text=True,
+                            stdin=subprocess.DEVNULL)
+    assert result.returncode != 0 and "trust_remote_code=True" in result.stderr
 
 
 def test_transcribe_command_prints_one_line_per_file(tiny_lite_dir, capsys):
