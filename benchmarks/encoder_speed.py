@@ -150,7 +150,7 @@ def print_header(compiled: bool) -> None:
 
 
 def time_case(label, config: dict, low_rank_config: list, batches, repeats, device, dtype, factored=True,
-              compiled=False, compile_backend="inductor", should_stop=lambda: False) -> list:
+              compiled=False, compile_backend="inductor", should_stop=lambda: False, stock=None) -> list:
     """Time stock against LiteWhisper encoders of one shape and ranks at each batch size, side by side and
     interleaved on the same input; print a markdown row per batch size and return the rows.
 
@@ -158,7 +158,8 @@ def time_case(label, config: dict, low_rank_config: list, batches, repeats, devi
     as two GEMMs, with `compiled` also torch.compile(fullgraph=True) of stock and layout (`compile_backend`:
     "inductor" for real timings; "eager" only checks that the graphs capture). Windows are
     2 · config["max_source_positions"] frames (default 1500 positions: 30 s). Stops before a batch size when
-    `should_stop()` says so.
+    `should_stop()` says so. `stock`: a stock encoder of this shape on `device` in `dtype` to share across cases
+    (and with it, its compiled graphs); built here when None.
     """
     frames = 2 * config.get("max_source_positions", 1500)
     reduced_threshold = threshold_for(modeling_lite_whisper.REDUCED_ATTENTION_BELOW_FLOP_RATIO, device.type)
@@ -167,7 +168,7 @@ def time_case(label, config: dict, low_rank_config: list, batches, repeats, devi
         stock_config = WhisperConfig(**config)
         lite_config = LiteWhisperConfig(low_rank_config=low_rank_config, **config)
         with torch.device(device):  # initialised where they run: a large-v3 encoder builds in seconds on a GPU
-            stock = WhisperEncoder(stock_config).to(dtype).eval()
+            stock = stock if stock is not None else WhisperEncoder(stock_config).to(dtype).eval()
             factored_encoder = modeling_lite_whisper.LiteWhisperEncoder(lite_config).to(dtype)
         set_layout(factored_encoder, inference=False)
         layout = copy.deepcopy(factored_encoder)
