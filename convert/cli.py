@@ -5,6 +5,8 @@ import os
 import signal
 import sys
 
+from .logs import configure as configure_logging
+
 DEBUG_VARIABLE = "LITE_WHISPER_DEBUG"
 
 
@@ -22,6 +24,9 @@ def build_parser() -> argparse.ArgumentParser:
     subparsers = parser.add_subparsers(dest="command", required=True)
     for register in _COMMANDS:
         register(subparsers)
+    for subparser in subparsers.choices.values():
+        subparser.add_argument("--verbose", action="store_true",
+                               help="also print info messages and the library messages a normal run leaves out")
     return parser
 
 
@@ -365,6 +370,7 @@ def one_line(error: BaseException) -> str:
 def main(argv=None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    configure_logging(verbose=args.verbose)
     debug = args.debug or os.environ.get(DEBUG_VARIABLE, "") not in ("", "0")
     previous = signal.signal(signal.SIGTERM, _raise_terminated)
     try:
