@@ -198,7 +198,9 @@ def check_base_model(model) -> dict:
     config = _read_json(files["config.json"], f"MODEL {model}: config")
     model_type = config.get("model_type")
     if model_type == "lite-whisper":
-        base = config.get("_name_or_path") or "the stock model it was made from"
+        recipe = Path(str(model)) / "compression_recipe.json"
+        base = (_read_json(recipe, "recipe").get("base_model") if recipe.is_file() else None) or \
+            "the stock model it was made from"
         raise InputError(f"MODEL {model} is already a LiteWhisper; compress the stock Whisper instead ({base})")
     if model_type != "whisper":
         raise InputError(f"MODEL {model}: config.json has model_type {model_type!r}, not a Whisper model")
