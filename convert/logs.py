@@ -32,8 +32,7 @@ def configure(verbose: bool = False) -> None:
     if not ours.handlers:
         handler = logging.StreamHandler()
         handler.setFormatter(logging.Formatter("%(message)s"))
-        ours.addHandler(handler)
-        ours.propagate = False
+        ours.addHandler(handler)  # the root logger has no handler in a CLI run, so nothing prints twice
     ours.setLevel(logging.INFO if verbose else logging.WARNING)
     library = logging.getLogger(LIBRARY_NOISE_LOGGER)
     for existing in [item for item in library.filters if isinstance(item, WhisperGenerateNoise)]:
