@@ -124,9 +124,10 @@ class _FirstClips:
             yield utterance
 
 
-def first_clips(calibration: str, count: int) -> list:
-    """The first `count` clips of a calibration source."""
-    return list(islice(iter_utterances(calibration), count))
+def first_clips(calibration: str, count: int, stages: Optional[StageCosts] = None) -> list:
+    """The first `count` clips of a calibration source (their decoding timed as `stages`' audio decoding)."""
+    utterances = iter_utterances(calibration)
+    return list(islice(stages.iterate(utterances, "audio decoding") if stages else utterances, count))
 
 
 def prepare_stats(
@@ -208,8 +209,7 @@ def prepare_stats(
         changed = True
     if sensitivity and sensitivity_method_of(stats) != sensitivity_method:
         # The first `probe_clips` clips of the source, split across processes as calibration split them.
-        probe_audio = clips.kept[:own_probe_clips] or list(
-            stages.iterate(first_clips(calibration, probe_clips)[index::count], "audio decoding"))
+        probe_audio = clips.kept[:own_probe_clips] or first_clips(calibration, probe_clips, stages)[index::count]
         with stages.stage("sensitivity"):
             probes = processes.run(lambda: probe_set(model, feature_extractor, probe_audio, batch_size=batch_size,
                                                      reference=sensitivity_method == "probe"), "sensitivity probe")
@@ -297,7 +297,7 @@ def compress(
         if len(kept) >= num_samples and processes.count == 1:
             clips = kept
         else:
-            clips = list(stages.iterate(first_clips(calibration, num_samples), "audio decoding"))
+            clips = first_clips(calibration, num_samples, stages)
         with stages.stage("recovery"):
             recovery_report = recover_encoder(lite, base, feature_extractor, clips, recovery_settings,
                                               processes=processes, progress=progress)
@@ -323,7 +323,7 @@ def compress(
             return out_dir, None
         smoke_clip = None
         if smoke_test:
-            smoke_clip = kept[0] if kept else first_clips(calibration, 1)[0]
+            smoke_clip = kept[0] if kept else first_clips(calibration, 1, stages)[0]
         return export(lite.to("cpu"), out_dir, str(model), recipe, base_config=base.config, smoke_clip=smoke_clip,
                       overwrite=overwrite, stages=stages)
 
