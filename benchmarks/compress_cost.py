@@ -140,7 +140,7 @@ def random_shape_row(name: str, args, device) -> dict:
     mask[:, :3] = False  # the decoder prompt is forced, not predicted
     probes = ProbeSet(features, ids, mask, None, batch_size=1)
     with stages.stage("sensitivity"):
-        stats.sensitivity, stats.sensitivity_curves = fisher_sensitivity(model, probes, by_slot, batch_size=1)
+        stats.sensitivity, stats.sensitivity_curves = fisher_sensitivity(model, probes, by_slot)
     scale["sensitivity"] = args.probe_clips / measured
     with stages.stage("rank choice"):
         low_rank_config, _ = plan_ranks(stats, model.config, target_encoder_params=args.target_ratio)

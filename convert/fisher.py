@@ -32,7 +32,9 @@ near-zero gradient, so the empirical Fisher would under-weight exactly the posit
 sure and a cut can hurt. Each sample is one backward pass; `samples` > 1 averages several on the same forward.
 
 Parameters get no gradients (only the inputs do), so the backward costs about one forward. Activations the
-autograd graph keeps are referenced, not copied; B is cached per slot across samples.
+autograd graph keeps are referenced, not copied; B is cached per slot across samples when there are several.
+Clips run in batches small enough for the activations autograd keeps (`batch_size_for`: 4 clips for tiny to
+small, 1 for large-v3).
 
 Results: `curves[slot]` [k] float64, the estimated KL per token at each rank (what `ranks.ranks_for_budget`
 spends the budget on), and `sensitivity[slot]` = est_KL(probe rank) / discarded variance, the probe's scalar,
@@ -51,7 +53,16 @@ from .decomposition import Spectrum
 from .sensitivity import DEFAULT_LEVEL, ProbeSet, probe_rank
 
 DEFAULT_SAMPLES = 1  # Gaussian probe vectors per clip (one backward pass each)
-DEFAULT_BATCH = 4  # clips per forward/backward: the autograd graph of a batch is held in memory
+MAX_BATCH = 4  # clips per forward/backward at most
+ACTIVATION_BUDGET_BYTES = 4e9  # what the autograd graph of one batch may hold (see batch_size_for)
+
+
+def batch_size_for(config, dtype: torch.dtype = torch.float32, budget: float = ACTIVATION_BUDGET_BYTES) -> int:
+    """Clips per forward/backward so that the encoder activations autograd keeps stay within `budget`: about
+    (8·d_model + 2·ffn) values per position and layer (4 for tiny to base, 1 for large-v3 in float32)."""
+    per_clip = (config.encoder_layers * config.max_source_positions
+                * (8 * config.d_model + 2 * config.encoder_ffn_dim) * torch.finfo(dtype).bits // 8)
+    return int(max(1, min(MAX_BATCH, budget // per_clip)))
 
 
 def fisher_probe_vectors(logits: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
@@ -66,22 +77,24 @@ def fisher_probe_vectors(logits: torch.Tensor, generator: torch.Generator) -> to
 class _SlotState:
     """What one slot needs across the backward passes of one batch."""
 
-    def __init__(self, spectrum: Spectrum, device):
+    def __init__(self, spectrum: Spectrum, device, keep_projection: bool):
         self.mean = spectrum.mean.to(device=device, dtype=torch.float32)  # [d]
         self.basis = spectrum.eigenvectors.to(device=device, dtype=torch.float32)  # [d, k]
         self.output: Optional[torch.Tensor] = None  # Y [b, positions, d], referenced (autograd keeps it anyway)
         self.centred_projection: Optional[torch.Tensor] = None  # B = (Y − μ) V [b, positions, k]
+        self.keep_projection = keep_projection  # cache B for the next sample's backward pass
         self.squares = torch.zeros(spectrum.eigenvectors.shape[1], dtype=torch.float64)  # Σ ⟨G, δ_r⟩², r = 1..k
 
     def add_gradient(self, gradient: torch.Tensor) -> None:
         """Accumulate ⟨G, δ_r⟩² for every rank r from G = ∂(Σ u·z)/∂Y [b, positions, d]."""
         gradient = gradient.float()
         centred = self.output.detach().float() - self.mean  # [b, positions, d]
-        if self.centred_projection is None:
-            self.centred_projection = centred @ self.basis  # [b, positions, k]
+        projection = self.centred_projection if self.centred_projection is not None else centred @ self.basis
+        if self.keep_projection:
+            self.centred_projection = projection  # [b, positions, k]
         total = (gradient * centred).sum(dim=(1, 2)).double()  # [b]: ⟨G, Y − μ⟩
         del centred
-        components = ((gradient @ self.basis) * self.centred_projection).sum(dim=1).double()  # [b, k]: c_j
+        components = ((gradient @ self.basis) * projection).sum(dim=1).double()  # [b, k]: c_j
         tail = total[:, None] - components.cumsum(dim=1)  # [b, k]: −⟨G, δ_r⟩ at r = 1..k
         self.squares += tail.pow(2).sum(dim=0).cpu()
 
@@ -107,14 +120,15 @@ def estimate_fisher(
     probes: ProbeSet,
     spectra_by_slot: Dict[SlotKey, Spectrum],
     samples: int = DEFAULT_SAMPLES,
-    batch_size: int = DEFAULT_BATCH,
+    batch_size: Optional[int] = None,
     seed: int = 0,
     progress: bool = False,
     processes=None,
 ) -> Tuple[Dict[SlotKey, torch.Tensor], int]:
     """(Σ over clips and samples of ⟨G, δ_r⟩² per slot [k] float64, transcript tokens), summed over processes.
 
-    `probes` needs decoder ids and mask only (no reference log-probs). See the module docstring."""
+    `probes` needs decoder ids and mask only (no reference log-probs). `batch_size`: clips per pass (default:
+    `batch_size_for` the model). See the module docstring."""
     from tqdm.auto import tqdm
 
     if samples < 1:
@@ -122,7 +136,8 @@ def estimate_fisher(
     encoder = encoder_of(model)
     parameter = next(model.parameters())
     device, dtype = parameter.device, parameter.dtype
-    states = {key: _SlotState(spectrum_, device) for key, spectrum_ in spectra_by_slot.items()}
+    batch_size = batch_size or batch_size_for(model.config, dtype)
+    states = {key: _SlotState(spectrum_, device, keep_projection=samples > 1) for key, spectrum_ in spectra_by_slot.items()}
 
     def capture(state):
         def hook(module, inputs, output):  # output: [b, positions, d]
@@ -173,7 +188,7 @@ def fisher_sensitivity(
     spectra_by_slot: Dict[SlotKey, Spectrum],
     level: float = DEFAULT_LEVEL,
     samples: int = DEFAULT_SAMPLES,
-    batch_size: int = DEFAULT_BATCH,
+    batch_size: Optional[int] = None,
     seed: int = 0,
     progress: bool = False,
     processes=None,
