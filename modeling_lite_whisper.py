@@ -52,13 +52,14 @@ AUTO_MAP = {
 # its dense product. For inference, a layer whose factored FLOPs exceed this fraction of the dense FLOPs is
 # multiplied back into one dense weight (in memory only). CPU: measured with benchmarks/layout_threshold.py
 # (tiny to small shapes, batch 1 and 8, fp32: the median factored/dense time ratio reaches 1 at FLOP ratio
-# 0.9). CUDA: an estimate until measured there (thin fp16 GEMMs lose more on GPUs). Other devices use the CPU value.
+# 0.9). CUDA: an estimate, not yet measured (thin fp16 GEMMs lose more on GPUs; benchmarks/gpu_check.py measures
+# it). Other devices use the CPU value.
 MERGE_ABOVE_FLOP_RATIO = {"cpu": 0.9, "cuda": 0.6}
 
 # A layer runs attention in the reduced dimension (ReducedAttention) where that needs at most this fraction of the
 # per-head form's FLOPs. CPU: measured with benchmarks/reduced_attention.py (tiny to large-v3 shapes, batch 1
 # and 8, fp32): every case up to a FLOP ratio of 0.98 ran faster reduced (time ratio at most 0.97), while at 1.19
-# it ran 0-10 % slower. CUDA: an estimate until measured there, kept below the CPU value.
+# it ran 0-10 % slower. CUDA: an estimate, not yet measured (benchmarks/gpu_check.py), kept below the CPU value.
 REDUCED_ATTENTION_BELOW_FLOP_RATIO = {"cpu": 1.0, "cuda": 0.9}
 
 

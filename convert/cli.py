@@ -4,6 +4,7 @@ import argparse
 import sys
 
 from .distributed import RankFailedError
+from .logs import configure as configure_logging
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -11,6 +12,9 @@ def build_parser() -> argparse.ArgumentParser:
     subparsers = parser.add_subparsers(dest="command", required=True)
     for register in _COMMANDS:
         register(subparsers)
+    for subparser in subparsers.choices.values():
+        subparser.add_argument("--verbose", action="store_true",
+                               help="also print info messages and the library messages a normal run leaves out")
     return parser
 
 
@@ -300,6 +304,7 @@ _COMMANDS.append(_add_compress)
 def main(argv=None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    configure_logging(verbose=args.verbose)
     try:
         return args.func(args) or 0
     except (ValueError, FileNotFoundError, RankFailedError) as error:

@@ -106,8 +106,9 @@ def load_base(model_id_or_path: str, device: str = "cpu", dtype: torch.dtype = t
     """(stock WhisperForConditionalGeneration in eval mode, its WhisperFeatureExtractor)."""
     from transformers import WhisperFeatureExtractor, WhisperForConditionalGeneration
 
-    model = WhisperForConditionalGeneration.from_pretrained(str(model_id_or_path), dtype=dtype)
-    model = model.to(device).eval()
+    # Cast after loading: from_pretrained's dtype keyword is `torch_dtype` before transformers 4.56.
+    model = WhisperForConditionalGeneration.from_pretrained(str(model_id_or_path))
+    model = model.to(device=device, dtype=dtype).eval()
     return model, WhisperFeatureExtractor.from_pretrained(str(model_id_or_path))
 
 

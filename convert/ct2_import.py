@@ -12,11 +12,13 @@ staging folder that is renamed into place only when complete.
 """
 
 import importlib.util
+import inspect
 import json
 import logging
 import os
 import re
 import shutil
+import tempfile
 import uuid
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -447,7 +449,8 @@ def parse_vocabulary(tokens: Sequence[str], vocab_size: int) -> WhisperVocabular
         if match is None or match.group(1) not in LANGUAGES:
             raise VocabularyError(f"token {index} is {tokens[index]!r}, expected a Whisper language token")
         if token != tokens[index]:
-            logger.warning("renaming legacy language token %s to %s", tokens[index], token)
+            # CTranslate2 vocabularies keep Whisper's old code for Hebrew; a fix we make, nothing to act on
+            logger.info("renaming legacy language token %s to %s", tokens[index], token)
             tokens[index] = token
     for offset, names in enumerate(TASK_TOKENS):
         found = tokens[translate + offset] if translate + offset < len(tokens) else None
@@ -455,7 +458,7 @@ def parse_vocabulary(tokens: Sequence[str], vocab_size: int) -> WhisperVocabular
             raise VocabularyError(f"token {translate + offset} is {found!r}, expected {' or '.join(names)}")
     timestamp_begin = translate + len(TASK_TOKENS)
     if len(tokens) == timestamp_begin:
-        logger.warning("the vocabulary lacks the %d timestamp tokens; adding them", NUM_TIMESTAMPS)
+        logger.info("the vocabulary lacks the %d timestamp tokens; adding them", NUM_TIMESTAMPS)
         tokens += timestamp_tokens()
     elif tokens[timestamp_begin:] != timestamp_tokens():
         raise VocabularyError(f"tokens from {timestamp_begin} on are not the {NUM_TIMESTAMPS} timestamp tokens")
@@ -515,14 +518,26 @@ def check_tokenizer_json(path: Path, vocabulary: WhisperVocabulary, merges: Sequ
     shipped = set(shipped)
     restored = [merge for merge in merges if merge not in shipped]
     if restored:
-        logger.warning("%s lacks %d BPE merge(s) %s; restored from the token ranks",
+        logger.info("%s lacks %d BPE merge(s) %s; restored from the token ranks",
                        path, len(restored), [" ".join(merge) for merge in restored[:5]])
+
+
+def _whisper_tokenizer(vocab: Dict[str, int], merges: List[Tuple[str, str]], **kwargs) -> WhisperTokenizer:
+    """transformers 5's WhisperTokenizer takes the vocabulary and merges in memory; 4.x's reads them from
+    vocab.json and merges.txt files."""
+    if "vocab_file" not in inspect.signature(WhisperTokenizer.__init__).parameters:
+        return WhisperTokenizer(vocab=vocab, merges=merges, **kwargs)
+    with tempfile.TemporaryDirectory(prefix="lite-whisper-tokenizer-") as folder:
+        vocab_file, merges_file = Path(folder) / "vocab.json", Path(folder) / "merges.txt"
+        vocab_file.write_text(json.dumps(vocab, ensure_ascii=False), encoding="utf-8")
+        merges_file.write_text("#version: 0.2\n" + "".join(f"{a} {b}\n" for a, b in merges), encoding="utf-8")
+        return WhisperTokenizer(str(vocab_file), str(merges_file), **kwargs)
 
 
 def build_tokenizer(vocabulary: WhisperVocabulary, merges: Sequence[Tuple[str, str]]) -> WhisperTokenizer:
     """A WhisperTokenizer whose id -> token mapping is exactly the model's vocabulary."""
     tokens = vocabulary.tokens
-    tokenizer = WhisperTokenizer(
+    tokenizer = _whisper_tokenizer(
         vocab={token: index for index, token in enumerate(tokens[:vocabulary.eot + 1])},
         merges=list(merges),
         normalizer_file=str(SPELLING_MAP),
@@ -673,9 +688,12 @@ def write_whisper_folder(imported: ImportedWhisper, folder: Path) -> None:
     tokenizer.save_vocabulary(str(folder))  # vocab.json, merges.txt, normalizer.json (the spelling map)
     # The legacy files older transformers versions wrote beside tokenizer.json.
     specials = {name: str(value) for name, value in tokenizer.special_tokens_map.items() if isinstance(value, str)}
-    specials["additional_special_tokens"] = [str(token) for token in tokenizer.extra_special_tokens]
+    extra = tokenizer.extra_special_tokens  # transformers 4.x: a dict of named tokens; its list is the next one
+    extra = extra if isinstance(extra, list) else tokenizer.additional_special_tokens
+    specials["additional_special_tokens"] = [str(token) for token in extra]
     _write_json(folder / "special_tokens_map.json", specials)
-    base_size = tokenizer.backend_tokenizer.get_vocab_size(with_added_tokens=False)
+    base_size = tokenizer.backend_tokenizer.get_vocab_size(with_added_tokens=False) \
+        if hasattr(tokenizer, "backend_tokenizer") else len(tokenizer.encoder)  # 5's tokenizers, or 4.x's Python BPE
     _write_json(folder / "added_tokens.json",
                 {token: index for token, index in tokenizer.get_added_vocab().items() if index >= base_size})
     _make_tokenizer_config_readable_by_transformers_4(folder / "tokenizer_config.json")

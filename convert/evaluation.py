@@ -138,8 +138,9 @@ def load_model(model_id_or_path, device: Optional[str] = None, dtype: Optional[t
 
     device = device or default_device()
     dtype = dtype or default_dtype(device)
-    model = AutoModelForSpeechSeq2Seq.from_pretrained(str(model_id_or_path), dtype=dtype, trust_remote_code=True)
-    model = model.to(device).eval()
+    # Cast after loading: from_pretrained's dtype keyword is `torch_dtype` before transformers 4.56.
+    model = AutoModelForSpeechSeq2Seq.from_pretrained(str(model_id_or_path), trust_remote_code=True)
+    model = model.to(device=device, dtype=dtype).eval()
     processor = AutoProcessor.from_pretrained(str(model_id_or_path), trust_remote_code=True)
     return model, processor
 
@@ -197,8 +198,8 @@ def _features(processor, audios: List[np.ndarray], device, dtype) -> Tuple[dict,
             audios, sampling_rate=SAMPLING_RATE, return_tensors="pt", truncation=False, padding="longest",
             return_attention_mask=True,
         )
-    else:
-        inputs = feature_extractor(audios, sampling_rate=SAMPLING_RATE, return_tensors="pt")
+    else:  # the mask too: without it, generate warns on every batch (Whisper's pad token is its eos)
+        inputs = feature_extractor(audios, sampling_rate=SAMPLING_RATE, return_tensors="pt", return_attention_mask=True)
     inputs = {
         key: value.to(device=device, dtype=dtype if value.is_floating_point() else value.dtype)
         for key, value in inputs.items()

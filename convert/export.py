@@ -255,7 +255,7 @@ folder, base, clip, max_new_tokens = sys.argv[1], sys.argv[2], sys.argv[3], int(
 audio = np.load(clip)
 texts = {}
 for key, path, remote in (("lite", folder, True), ("stock", base, False)):
-    model = AutoModelForSpeechSeq2Seq.from_pretrained(path, trust_remote_code=remote, dtype=torch.float32).eval()
+    model = AutoModelForSpeechSeq2Seq.from_pretrained(path, trust_remote_code=remote).float().eval()
     if key == "lite":
         assert type(model).__name__ == "LiteWhisperForConditionalGeneration", type(model).__name__
         assert type(model).__module__.startswith("transformers_modules"), type(model).__module__

@@ -32,7 +32,7 @@ import torch
 from transformers import AutoModelForSpeechSeq2Seq, AutoProcessor
 
 path = sys.argv[1]
-model = AutoModelForSpeechSeq2Seq.from_pretrained(path, trust_remote_code=True, dtype=torch.float32).eval()
+model = AutoModelForSpeechSeq2Seq.from_pretrained(path, trust_remote_code=True).float().eval()
 processor = AutoProcessor.from_pretrained(path, trust_remote_code=True)
 audio = (0.01 * np.random.default_rng(0).standard_normal(16000)).astype(np.float32)
 features = processor.feature_extractor(audio, sampling_rate=16000, return_tensors="pt").input_features
