@@ -7,8 +7,8 @@ Two policies, both choosing ranks in steps of RANK_MULTIPLE and keeping a linear
   dense where t is not reached below full rank. `Thresholds` holds one t for the attention slots and one for
   the MLP slots; `thresholds_for_budget` finds, by bisection, the single t that lands on an encoder size.
 - "sensitivity" (default): spend an encoder-size budget where it costs least. The cost of rank k in slot s is
-  the Fisher estimate's cost curve at k where the statistics hold one (fisher.py), else it is modelled as
-  sensitivity[s] · (1 − explained_variance_s(k)) from one probe per slot (sensitivity.py), and
+  modelled as sensitivity[s] · (1 − explained_variance_s(k)) (sensitivity.py or fisher.py; `ranks_for_budget`
+  can also take per-rank cost curves, which `plan_ranks` does not use: see there), and
   `ranks_for_budget` minimises the summed cost under the budget (Lagrangian relaxation, bisection on the
   price of a parameter, then a greedy top-up of the leftover budget).
 
@@ -396,8 +396,10 @@ def plan_ranks(stats, config, preset: Optional[str] = None, thresholds: Optional
     if policy == "threshold":
         low_rank_config = ranks_for_thresholds(curves, config, thresholds)
     else:
-        low_rank_config = ranks_for_budget(curves, stats.sensitivity, config, target_encoder_params,
-                                           cost_curves=getattr(stats, "sensitivity_curves", None))
+        # The scalar model (sensitivity x discarded variance) for every method: spending the budget on the Fisher
+        # estimate's per-rank curves (cost_curves) sent tiny.en fast into repetition loops (60.8 % WER vs
+        # 15.2 %), its scalar gave 15.6 % (benchmarks/results/fisher_vs_probe_tiny.en.json).
+        low_rank_config = ranks_for_budget(curves, stats.sensitivity, config, target_encoder_params)
         description["sensitivity_probe"] = dict(stats.sensitivity_probe)
     description["encoder_params"] = parameters_with_ranks(config, low_rank_config)
     return low_rank_config, description
