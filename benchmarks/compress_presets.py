@@ -52,7 +52,8 @@ def build(args, name: str, stats_path: Path, frames: str, smoke: bool, **request
     start = time.perf_counter()
     result = compress(args.model, Path(args.work) / name, calibration=args.calibration, num_samples=args.num_samples,
                       batch_size=args.batch_size, stats_path=stats_path, frames=frames, smoke_test=smoke,
-                      overwrite=True, progress=False, recovery=args.recovery, **request)
+                      overwrite=True, progress=False, recovery=args.recovery, **request,
+                      **({"sensitivity_method": args.sensitivity} if args.sensitivity else {}))
     record = {"name": name, "frames": frames, "rank_policy": result.rank_policy,
               "low_rank_config": result.low_rank_config, "build_seconds": time.perf_counter() - start}
     if result.smoke is not None:
@@ -78,6 +79,8 @@ def main() -> int:
     parser.add_argument("--recovery", default="none", choices=("none", "auto", "refit", "distill"),
                         help="recovery after decomposition (default none: the decomposition alone; auto: the "
                         "preset defaults of `lite-whisper compress`)")
+    parser.add_argument("--sensitivity", choices=("fisher", "probe"),
+                        help="how the sensitivity policy measures each linear (default: compress's default)")
     parser.add_argument("--out", help="JSON path (default: benchmarks/results/compress_presets_<model>[_<recovery>].json)")
     parser.add_argument("--resume", action="store_true", help="keep the stock score and runs already in --out")
     args = parser.parse_args()
@@ -91,6 +94,7 @@ def main() -> int:
     out = Path(args.out) if args.out else RESULTS / f"compress_presets_{model_name}{suffix}.json"
     report = {"model": model_name, "family": args.family, "calibration": Path(args.calibration).name,
               "num_samples": args.num_samples, "eval": Path(args.eval).name, "recovery": args.recovery,
+              "sensitivity": args.sensitivity or "default",
               "machine": machine_info(), "runs": []}
     report["load_average"] = f"{os.getloadavg()[0]:.1f}"  # shared machine: other jobs slow the timings
     if args.resume and out.exists():
@@ -109,7 +113,8 @@ def main() -> int:
     for preset in args.ablation:
         runs += [(preset, "threshold", "real"), (preset, "sensitivity", "all"), (preset, "threshold", "all")]
     for preset, policy, frames in runs:
-        stats_path = Path(args.work) / f"{model_name}-{frames}-{args.num_samples}.stats"
+        method = f"-{args.sensitivity}" if args.sensitivity else ""
+        stats_path = Path(args.work) / f"{model_name}-{frames}-{args.num_samples}{method}.stats"
         name = f"{model_name}-{preset}" + ("" if (policy, frames) == ("sensitivity", "real") else f"-{policy}-{frames}")
         if any(run["name"] == name for run in report["runs"]):
             continue

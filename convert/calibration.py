@@ -102,8 +102,10 @@ class Stats:
 
     `explained_variance[(layer, slot)]` [out] is filled by `decomposition.attach_explained_variance`: entry k-1 is
     the fraction of the centred output variance that the top-k principal directions keep. `sensitivity` (one
-    float per slot) and `sensitivity_probe` (what it was measured on) are filled by `sensitivity.py`. Both are
-    derived from the sums and the model, and are saved with them so that every preset comes from one file.
+    float per slot) and `sensitivity_probe` (what it was measured on, and by which method) are filled by
+    `sensitivity.py` or `fisher.py`; the Fisher estimate also fills `sensitivity_curves[(layer, slot)]` [k], its
+    estimated cost at every rank 1..k. All are derived from the sums and the model, and are saved with them so
+    that every preset comes from one file.
     """
 
     identity: dict  # model_identity(): base model name, encoder shapes, encoder weight hash
@@ -116,6 +118,8 @@ class Stats:
     sensitivity_probe: dict = field(default_factory=dict)
     seconds: float = 0.0  # audio seconds seen (0 in files written before it was recorded)
     real_positions: int = 0  # encoder positions that covered real audio (0 in older files)
+    sensitivity_curves: Dict[SlotKey, torch.Tensor] = field(default_factory=dict)
+    costs: Dict[str, dict] = field(default_factory=dict)  # stage -> its cost when these were made (stages.py)
 
     @property
     def frames_seen(self) -> int:
@@ -135,6 +139,19 @@ def encoder_linear(encoder, layer_index: int, slot: str) -> torch.nn.Module:
     """The module in one slot of one encoder layer (nn.Linear, or LowRankLinear in a LiteWhisper)."""
     layer = encoder.layers[layer_index]
     return getattr(layer.self_attn if slot in ATTENTION_SLOTS else layer, slot)
+
+
+def encoder_stem(encoder, features: torch.Tensor) -> torch.Tensor:
+    """The encoder up to its first layer: convolutions, GELU, positions. [b, mels, frames] -> [b, positions, d]."""
+    hidden = torch.nn.functional.gelu(encoder.conv1(features))
+    hidden = torch.nn.functional.gelu(encoder.conv2(hidden)).permute(0, 2, 1)
+    return hidden + encoder.embed_positions.weight[: hidden.shape[1]]
+
+
+def run_layer(layer, hidden: torch.Tensor) -> torch.Tensor:
+    """One encoder layer on hidden states [b, positions, d] (no attention mask, as Whisper's encoder runs)."""
+    output = layer(hidden, None)
+    return output[0] if isinstance(output, tuple) else output
 
 
 def _slot_order(key: SlotKey) -> tuple:
@@ -368,7 +385,7 @@ def reduce_stats(stats: Stats, all_reduce: Callable[[torch.Tensor], None]) -> St
         slot.count = int(counts[position])
         all_reduce(slot.total)
         all_reduce(slot.outer)
-    stats.explained_variance, stats.sensitivity = {}, {}  # derived from the local sums: no longer valid
+    stats.explained_variance, stats.sensitivity, stats.sensitivity_curves = {}, {}, {}  # derived from the local sums
     return stats
 
 
@@ -386,6 +403,8 @@ def save_stats(stats: Stats, path) -> Path:
         tensors[f"{layer_index}.{slot}.outer"] = sums.outer.contiguous()
     for (layer_index, slot), curve in stats.explained_variance.items():
         tensors[f"{layer_index}.{slot}.explained_variance"] = curve.to(torch.float64).contiguous()
+    for (layer_index, slot), curve in stats.sensitivity_curves.items():
+        tensors[f"{layer_index}.{slot}.sensitivity_curve"] = curve.to(torch.float64).contiguous()
     header = {
         "format": STATS_FORMAT,
         "identity": stats.identity,
@@ -397,6 +416,7 @@ def save_stats(stats: Stats, path) -> Path:
         "sensitivity_probe": stats.sensitivity_probe,
         "seconds": stats.seconds,
         "real_positions": stats.real_positions,
+        "costs": stats.costs,
     }
     path.parent.mkdir(parents=True, exist_ok=True)
     handle, staging = tempfile.mkstemp(prefix=f".{path.name}.partial-", dir=path.parent)
@@ -480,13 +500,15 @@ def load_stats(path, identity: Optional[dict] = None) -> Stats:
     for name, tensor in tensors.items():
         if not torch.isfinite(tensor).all():
             raise StatsFileError(f"{path}: tensor {name} holds NaN or infinite values; delete the file to calibrate again")
-    slots, curves, sensitivity = {}, {}, {}
+    slots, curves, sensitivity, cost_curves = {}, {}, {}, {}
     for key_text, count in header["counts"].items():
         layer_text, slot = key_text.split(".")
         key = (int(layer_text), slot)
         slots[key] = SlotStats(int(count), tensors[f"{key_text}.total"], tensors[f"{key_text}.outer"])
         if f"{key_text}.explained_variance" in tensors:
             curves[key] = tensors[f"{key_text}.explained_variance"]
+        if f"{key_text}.sensitivity_curve" in tensors:
+            cost_curves[key] = tensors[f"{key_text}.sensitivity_curve"]
         if key_text in header.get("sensitivity", {}):
             sensitivity[key] = max(float(header["sensitivity"][key_text]), 0.0)  # noise below 0: see read_stats_header
     stats = Stats(
@@ -500,6 +522,8 @@ def load_stats(path, identity: Optional[dict] = None) -> Stats:
         sensitivity_probe=header.get("sensitivity_probe", {}),
         seconds=float(header.get("seconds", 0.0)),
         real_positions=int(header.get("real_positions", 0)),
+        sensitivity_curves={key: cost_curves[key] for key in sorted(cost_curves, key=_slot_order)},
+        costs=header.get("costs", {}),
     )
     if identity is not None:
         check_identity(stats, identity)

@@ -283,6 +283,10 @@ def _add_compress(subparsers) -> None:
                         "policy, which measured best for each)")
     parser.add_argument("--probe-clips", type=int, default=32,
                         help="clips for the sensitivity probe (sensitivity policy; default 32)")
+    parser.add_argument("--sensitivity", choices=("fisher", "probe"), default=None,
+                        help="sensitivity policy: how each linear's cost per rank is measured: 'fisher' (one forward "
+                        "and backward pass of the probe clips for all linears) or 'probe' (one pass per linear; "
+                        "default: compress.DEFAULT_SENSITIVITY_METHOD)")
     parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda when available)")
     parser.add_argument("--dtype", choices=("float32", "float16", "bfloat16"), default=None,
                         help="calibration compute dtype (default float32 on CPU, float16 on GPU); saved weights are fp16")
@@ -304,8 +308,9 @@ def _run_compress(args) -> int:
     import torch
 
     from .checks import check_device
-    from .compress import DTYPES, compress
+    from .compress import DEFAULT_SENSITIVITY_METHOD, DTYPES, compress
     from .ranks import RankPolicyError, Thresholds
+    from .stages import format_stage_table
 
     if (args.attention_threshold is None) != (args.mlp_threshold is None):
         raise RankPolicyError("give both --attention-threshold and --mlp-threshold")
@@ -325,7 +330,7 @@ def _run_compress(args) -> int:
             device=device, dtype=dtype, seed=args.seed, probe_clips=args.probe_clips,
             smoke_test=not args.no_smoke_test, overwrite=args.overwrite, progress=not args.no_progress,
             recovery=args.recovery, recover_steps=args.recover_steps, processes=processes,
-            reuse_stats=args.reuse_stats,
+            reuse_stats=args.reuse_stats, sensitivity_method=args.sensitivity or DEFAULT_SENSITIVITY_METHOD,
         )
     if not processes.is_main:
         return 0
@@ -340,6 +345,7 @@ def _run_compress(args) -> int:
     for note in result.notes:
         print(f"note: {note}", file=sys.stderr)
     print(f"wrote {result.out_dir}")
+    print("stage costs (also in compression_recipe.json):\n" + format_stage_table(result.stages))
     return 0
 
 

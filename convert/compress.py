@@ -61,7 +61,9 @@ from .measures import encoder_parameters
 from .recovery import recover as recover_encoder
 from .recovery import recovery_recipe, resolve_recovery
 from .ranks import DEFAULT_POLICY, Thresholds, check_request, model_family, plan_ranks
+from .fisher import fisher_sensitivity
 from .sensitivity import DEFAULT_LEVEL, DEFAULT_PROBE_CLIPS, measure_sensitivity, probe_description, probe_set
+from .stages import StageCosts
 
 logger = logging.getLogger(__name__)
 # Calibration frames per rank policy, measured on real tiny.en at the official sizes with the earlier sensitivity
@@ -72,6 +74,29 @@ DEFAULT_FRAMES_BY_POLICY = {"sensitivity": "real", "threshold": "all"}
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 DEFAULT_NUM_SAMPLES = 100
 SMOKE_CLIPS = 3  # held-out clips the smoke test transcribes with both models
+# How the sensitivity policy measures each linear: "fisher" (fisher.py, one forward and backward pass of the probe
+# clips for every linear at once, a cost curve per rank) or "probe" (sensitivity.py, one pass per linear).
+SENSITIVITY_METHODS = ("fisher", "probe")
+DEFAULT_SENSITIVITY_METHOD = "probe"
+# The stages whose results the stats file keeps (their costs are saved with them).
+STATS_STAGES = ("audio decoding", "calibration statistics", "spectra", "sensitivity")
+
+
+def sensitivity_method_of(stats) -> Optional[str]:
+    """How the sensitivities in `stats` were measured (files from before the Fisher estimate: "probe")."""
+    if not stats.sensitivity:
+        return None
+    return stats.sensitivity_probe.get("method", "probe")
+
+
+def measure(model, probes, by_slot, method: str, level: float, progress: bool, processes, seed: int = 0):
+    """(sensitivity, cost curves or {}, description extras) by `method` (SENSITIVITY_METHODS)."""
+    if method == "fisher":
+        sensitivity, curves = fisher_sensitivity(model, probes, by_slot, level=level, seed=seed, progress=progress,
+                                                 processes=processes)
+        return sensitivity, curves, {"method": "fisher", "samples": 1}
+    return measure_sensitivity(model, probes, by_slot, level=level, progress=progress, processes=processes), {}, \
+        {"method": "probe"}
 
 
 @dataclass
@@ -86,6 +111,7 @@ class CompressResult:
     calibration_seconds: float = 0.0
     stats_reused: bool = False
     notes: List[str] = dataclasses.field(default_factory=list)  # what the run could not do as asked (stats not saved ...)
+    stages: List[dict] = dataclasses.field(default_factory=list)  # StageCosts.as_list(): seconds, peak memory
 
 
 def seed_everything(seed: int) -> None:
@@ -117,9 +143,10 @@ class _FirstClips:
             yield utterance
 
 
-def first_clips(calibration: str, count: int) -> list:
-    """The first `count` clips of a calibration source."""
-    return list(islice(iter_utterances(calibration), count))
+def first_clips(calibration: str, count: int, stages: Optional[StageCosts] = None) -> list:
+    """The first `count` clips of a calibration source (their decoding timed as `stages`' audio decoding)."""
+    utterances = iter_utterances(calibration)
+    return list(islice(stages.iterate(utterances, "audio decoding") if stages else utterances, count))
 
 
 def held_out_clips(calibration: str, num_samples: int, count: int = SMOKE_CLIPS) -> tuple:
@@ -146,20 +173,30 @@ def prepare_stats(
     probe_level: float = DEFAULT_LEVEL,
     progress: bool = True,
     processes: Optional[Processes] = None,
+    sensitivity_method: str = DEFAULT_SENSITIVITY_METHOD,
+    stages: Optional[StageCosts] = None,
 ):
     """(Stats with explained-variance curves and, if `sensitivity`, sensitivities; spectra by slot; kept clips).
 
     With an existing `stats_path` the sums come from that file (a file from another model raises
     StatsMismatchError); otherwise calibration runs on the first `num_samples` clips of `calibration`, over
     `frames` (None: `default_frames`). Anything derived that the file lacks is computed and the file is
-    rewritten (by the main process); a new file is written only when complete.
+    rewritten (by the main process); a new file is written only when complete. Sensitivities measured by another
+    `sensitivity_method` than the one asked for are measured again (and replace them in the file).
 
     Under data parallelism (`processes` with count > 1) each process calibrates on its shard of the clips (every
     count-th one) and the sums are all-reduced; the sensitivity probe splits its clips the same way. Every
     process returns the same statistics; the kept clips are this process's.
+
+    `stages` (a StageCosts) records the cost of audio decoding, calibration statistics, spectra and sensitivity;
+    the costs of the stages that made the sums are saved with them (`stats.costs`).
     """
+    stages = stages or StageCosts(next(model.parameters()).device)
     processes = Processes.of(processes)
     index, count = processes.shard
+    if sensitivity_method not in SENSITIVITY_METHODS:
+        raise ValueError(f"unknown sensitivity method {sensitivity_method!r}; choose one of "
+                         f"{', '.join(SENSITIVITY_METHODS)}")
     if sensitivity and probe_clips < count:
         raise ValueError(f"the sensitivity probe needs at least one clip per process: --probe-clips {probe_clips} "
                          f"is fewer than the {count} processes")
@@ -178,32 +215,41 @@ def prepare_stats(
                     stats.calibration)
         changed = False
     else:
-        clips = _FirstClips(iter_utterances(calibration, limit=num_samples, shard=processes.shard),
-                            max(own_probe_clips, 1))
-        stats = processes.run(
-            lambda: collect_stats(model, feature_extractor, clips, batch_size=batch_size, frames=frames or default_frames,
-                                  progress=progress, total=len(range(index, num_samples, count)), name=name,
-                                  calibration=source_name(calibration)),
-            "calibration",
-        )
-        if count > 1:
-            reduce_stats(stats, processes.sum_in_place)
+        decoded = stages.iterate(iter_utterances(calibration, limit=num_samples, shard=processes.shard),
+                                 "audio decoding")
+        clips = _FirstClips(decoded, max(own_probe_clips, 1))
+        with stages.stage("calibration statistics"):
+            stats = processes.run(
+                lambda: collect_stats(model, feature_extractor, clips, batch_size=batch_size,
+                                      frames=frames or default_frames, progress=progress,
+                                      total=len(range(index, num_samples, count)), name=name,
+                                      calibration=source_name(calibration)),
+                "calibration",
+            )
+            if count > 1:
+                reduce_stats(stats, processes.sum_in_place)
         check_enough_audio(stats, model.config)
         changed = True
     device = next(model.parameters()).device
-    by_slot = spectra(stats, model.config, device=device if device.type == "cuda" else None, progress=progress)
+    with stages.stage("spectra"):
+        by_slot = spectra(stats, model.config, device=device if device.type == "cuda" else None, progress=progress)
     if not stats.explained_variance:
         attach_explained_variance(stats, by_slot)
         changed = True
-    if sensitivity and not stats.sensitivity:
+    if sensitivity and sensitivity_method_of(stats) != sensitivity_method:
         # The first `probe_clips` clips of the source, split across processes as calibration split them.
-        probe_audio = clips.kept[:own_probe_clips] or first_clips(calibration, probe_clips)[index::count]
-        probes = processes.run(lambda: probe_set(model, feature_extractor, probe_audio, batch_size=batch_size),
-                               "sensitivity probe")
-        stats.sensitivity = measure_sensitivity(model, probes, by_slot, level=probe_level, progress=progress,
-                                                processes=processes)
-        stats.sensitivity_probe = probe_description(probes, probe_level, source_name(calibration), processes)
+        probe_audio = clips.kept[:own_probe_clips] or first_clips(calibration, probe_clips, stages)[index::count]
+        with stages.stage("sensitivity"):
+            probes = processes.run(lambda: probe_set(model, feature_extractor, probe_audio, batch_size=batch_size,
+                                                     reference=sensitivity_method == "probe"), "sensitivity probe")
+            stats.sensitivity, stats.sensitivity_curves, extras = measure(
+                model, probes, by_slot, sensitivity_method, probe_level, progress, processes)
+            stats.sensitivity_probe = {**probe_description(probes, probe_level, source_name(calibration), processes),
+                                       **extras}
         changed = True
+    if changed:  # what the statistics in the file cost to make (the stages run just now)
+        made = {record["stage"]: record for record in stages.as_list()}
+        stats.costs = {**stats.costs, **{stage: made[stage] for stage in STATS_STAGES if stage in made}}
     if stats_path is not None and changed and processes.is_main:
         save_stats_or_fallback(stats, stats_path)
     return stats, by_slot, clips.kept
@@ -255,6 +301,7 @@ def compress(
     recover_steps: Optional[int] = None,
     processes: Optional[Processes] = None,
     reuse_stats: bool = False,
+    sensitivity_method: str = DEFAULT_SENSITIVITY_METHOD,
 ) -> CompressResult:
     """Stock Whisper (`model`: Hub id or folder) -> LiteWhisper repo at `out_dir`.
 
@@ -265,6 +312,8 @@ def compress(
     encoder runs on the first `num_samples` calibration clips: `recovery` "auto" (the measured default for this model
     family and preset, recovery.PRESET_RECOVERY), "none" (the paper's recipe), "refit" (least squares) or "distill" (refit +
     distillation); `recover_steps` N > 0 adds N distillation steps, 0 means none (see recovery.resolve_recovery).
+    `sensitivity_method` ("fisher" or "probe", SENSITIVITY_METHODS) is how the sensitivity policy measures what
+    each linear's rank costs.
 
     Data parallelism: call this on every process of an `accelerate launch` job with the job's `processes` (a
     distributed.Processes) and each process's own `device`. Calibration, the sensitivity probe and recovery
@@ -286,26 +335,35 @@ def compress(
     calibration = calibration or DEFAULT_CALIBRATION
     out_dir = check_output(out_dir, overwrite)
     seed_everything(seed)
-    base, feature_extractor = load_base(model, device, dtype)
+    stages = StageCosts(device)
+    with stages.stage("load model"):
+        base, feature_extractor = load_base(model, device, dtype)
     check_request(base.config, preset, thresholds, target_encoder_params, policy)
     effective_policy = "threshold" if thresholds is not None else policy
     stats, by_slot, kept = prepare_stats(
         base, feature_extractor, calibration, num_samples, batch_size, frames, stats_path, name=str(model),
         default_frames=DEFAULT_FRAMES_BY_POLICY[effective_policy], sensitivity=effective_policy == "sensitivity",
-        probe_clips=probe_clips, progress=progress, processes=processes,
+        probe_clips=probe_clips, progress=progress, processes=processes, sensitivity_method=sensitivity_method,
+        stages=stages,
     )
     stats = dataclasses.replace(stats, slots={})  # the float64 sums are no longer needed: free them
-    low_rank_config, rank_policy = plan_ranks(stats, base.config, preset, thresholds, target_encoder_params, policy)
-    lite = decompose(base, by_slot, low_rank_config, progress=progress)
+    with stages.stage("rank choice"):
+        low_rank_config, rank_policy = plan_ranks(stats, base.config, preset, thresholds, target_encoder_params, policy)
+    with stages.stage("decomposition"):
+        lite = decompose(base, by_slot, low_rank_config, progress=progress)
     del by_slot
     family = model_family(base.config) if preset is not None else None
     recovery_settings = resolve_recovery(preset, recovery, recover_steps, family=family, seed=seed)
     recovery_report = None
     if recovery_settings is not None:
         # Every process passes the same clips; recovery takes its own shard of them.
-        clips = kept if len(kept) >= num_samples and processes.count == 1 else first_clips(calibration, num_samples)
-        recovery_report = recover_encoder(lite, base, feature_extractor, clips, recovery_settings, processes=processes,
-                                          progress=progress)
+        if len(kept) >= num_samples and processes.count == 1:
+            clips = kept
+        else:
+            clips = first_clips(calibration, num_samples, stages)
+        with stages.stage("recovery"):
+            recovery_report = recover_encoder(lite, base, feature_extractor, clips, recovery_settings,
+                                              processes=processes, progress=progress)
         del clips
     if recover is not None:
         lite = recover(lite)
@@ -317,7 +375,10 @@ def compress(
         rank_policy=rank_policy,
         seed=seed,
         calibration_dtype=str(dtype).removeprefix("torch."),
-        extra={"recovery": recovery_recipe(recovery_report, source_name(calibration))},
+        extra={"recovery": recovery_recipe(recovery_report, source_name(calibration)),
+               # a stats file made earlier: what its stages cost then (not part of this run's stages)
+               **({"stats_file_costs": stats.costs} if stats.costs and "calibration statistics" not in stages.records
+                  else {})},
     )
 
     def write_repo():
@@ -325,7 +386,7 @@ def compress(
             return out_dir, None
         smoke_clips = held_out_clips(calibration, num_samples) if smoke_test else None
         return export(lite.to("cpu"), out_dir, str(model), recipe, base_config=base.config, smoke_clip=smoke_clips,
-                      overwrite=overwrite)
+                      overwrite=overwrite, stages=stages)
 
     out_dir, smoke = processes.run(write_repo, "export")
     notes = []
@@ -346,6 +407,7 @@ def compress(
         calibration_seconds=stats.seconds,
         stats_reused=stats_reused,
         notes=notes,
+        stages=stages.as_list(),
     )
 
 

@@ -34,6 +34,7 @@ from modeling_lite_whisper import apply_umask
 
 from . import __version__
 from .measures import encoder_flops, encoder_parameters
+from .stages import StageCosts, format_stage_table
 
 # Files copied verbatim from the base model when it has them: preprocessing, tokenizer, generation settings.
 PROCESSOR_FILES = (
@@ -172,7 +173,20 @@ def readme_text(summary: dict, num_layers: int) -> str:
         {summary['factored_linears']} of {6 * num_layers} encoder linears are low rank; ranks per layer:
 
         """
-    ) + rank_table(summary["low_rank_config"], num_layers) + "\n"
+    ) + rank_table(summary["low_rank_config"], num_layers) + "\n" + cost_text(summary)
+
+
+def cost_text(summary: dict) -> str:
+    """The README's record of what the conversion cost, stage by stage (empty when not recorded)."""
+    stages = summary.get("stages")
+    if not stages:
+        return ""
+    made_earlier = summary.get("extra", {}).get("stats_file_costs")
+    note = (" Calibration came from a statistics file made earlier; its stages then took: "
+            + ", ".join(f"{stage} {record['seconds']:.0f} s" for stage, record in made_earlier.items()) + "."
+            if made_earlier else "")
+    return ("\n## Conversion cost\n\nWall time and peak memory of each stage of this conversion." + note
+            + "\n\n```\n" + format_stage_table(stages) + "\n```\n")
 
 
 # ------------------------------------------------------------------------------------------------ files
@@ -339,6 +353,11 @@ def smoke_test(folder, base_model: str, audio, clip_name="clip", timeout: float 
 # ------------------------------------------------------------------------------------------------ export
 
 
+def _write_recipe(folder: Path, summary: dict, num_layers: int) -> None:
+    (folder / "compression_recipe.json").write_text(json.dumps(summary, indent=2, sort_keys=True) + "\n")
+    (folder / "README.md").write_text(readme_text(summary, num_layers))
+
+
 def export(
     lite_model,
     out_dir,
@@ -348,6 +367,7 @@ def export(
     dtype: torch.dtype = torch.float16,
     smoke_clip=None,
     overwrite: bool = False,
+    stages=None,
 ) -> tuple:
     """Write `lite_model` (a LiteWhisperForConditionalGeneration) as a complete repo at `out_dir`.
 
@@ -355,6 +375,7 @@ def export(
     `base_config`: its config (for the README's stock sizes; default: the lite config without ranks).
     `smoke_clip`: audio.Utterance(s) to smoke-test the folder with before it is moved into place (None: skip): an
     Utterance, a list of them, or (list, held_out) as compress.held_out_clips returns it.
+    `stages` (a stages.StageCosts): times writing and the smoke test, and the recipe records every stage's cost.
     Returns (out_dir, SmokeResult or None).
     """
     out_dir = check_output(out_dir, overwrite)
@@ -363,18 +384,22 @@ def export(
 
         base_config = WhisperConfig(**{k: v for k, v in lite_model.config.to_dict().items() if k != "low_rank_config"})
     staging = _staging_folder(out_dir)
+    stages = stages or StageCosts()
     try:
-        lite_model.save_pretrained(staging, dtype=dtype)
-        copy_base_files(base_model, staging)
-        summary = recipe_summary(lite_model.config, base_config, recipe)
-        (staging / "compression_recipe.json").write_text(json.dumps(summary, indent=2, sort_keys=True) + "\n")
-        (staging / "README.md").write_text(readme_text(summary, lite_model.config.encoder_layers))
+        with stages.stage("export"):
+            lite_model.save_pretrained(staging, dtype=dtype)
+            copy_base_files(base_model, staging)
+            summary = recipe_summary(lite_model.config, base_config, recipe)
+            _write_recipe(staging, summary, lite_model.config.encoder_layers)
         smoke = None
         if smoke_clip is not None:
             clips, held_out = smoke_clip if isinstance(smoke_clip, tuple) else (smoke_clip, True)
             clips = clips if isinstance(clips, list) else [clips]
-            smoke = smoke_test(staging, base_model, [clip.audio for clip in clips], [clip.name for clip in clips])
+            with stages.stage("smoke test"):
+                smoke = smoke_test(staging, base_model, [clip.audio for clip in clips], [clip.name for clip in clips])
             smoke.held_out = held_out
+        summary["stages"] = stages.as_list()
+        _write_recipe(staging, summary, lite_model.config.encoder_layers)
         apply_umask(staging)
         _move_into_place(staging, out_dir, overwrite)
     finally:

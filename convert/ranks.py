@@ -7,7 +7,8 @@ Two policies, both choosing ranks in steps of RANK_MULTIPLE and keeping a linear
   dense where t is not reached below full rank. `Thresholds` holds one t for the attention slots and one for
   the MLP slots; `thresholds_for_budget` finds, by bisection, the single t that lands on an encoder size.
 - "sensitivity" (default): spend an encoder-size budget where it costs least. The cost of rank k in slot s is
-  modelled as sensitivity[s] · (1 − explained_variance_s(k)) (see sensitivity.py), and
+  modelled as sensitivity[s] · (1 − explained_variance_s(k)) (sensitivity.py or fisher.py; `ranks_for_budget`
+  can also take per-rank cost curves, which `plan_ranks` does not use: see there), and
   `ranks_for_budget` minimises the summed cost under the budget (Lagrangian relaxation, bisection on the
   price of a parameter, then a greedy top-up of the leftover budget).
 
@@ -236,24 +237,33 @@ class _Option:
     rank: Optional[int]  # None: dense
 
 
-def slot_options(curve: torch.Tensor, sensitivity: float, config, slot: str) -> List[_Option]:
-    """Every choice for one slot, smallest first: each multiple of 16 that saves parameters, then dense."""
+def slot_options(curve: torch.Tensor, sensitivity: float, config, slot: str,
+                 cost_curve: Optional[torch.Tensor] = None) -> List[_Option]:
+    """Every choice for one slot, smallest first: each multiple of 16 that saves parameters, then dense.
+
+    A rank's cost is `cost_curve[rank - 1]` when given (the Fisher estimate), else sensitivity × the variance
+    it discards (`curve`: explained variance)."""
     in_features, out_features = slot_shape(config, slot)
     options = []
     for rank in range(RANK_MULTIPLE, min(in_features, out_features), RANK_MULTIPLE):
         if not saves_parameters(rank, in_features, out_features):
             break
-        discarded = max(0.0, 1.0 - float(curve[rank - 1]))
-        options.append(_Option(slot_parameters(config, slot, rank), sensitivity * discarded, rank))
+        if cost_curve is not None:
+            cost = max(0.0, float(cost_curve[rank - 1]))
+        else:
+            cost = sensitivity * max(0.0, 1.0 - float(curve[rank - 1]))
+        options.append(_Option(slot_parameters(config, slot, rank), cost, rank))
     options.append(_Option(slot_parameters(config, slot, None), 0.0, None))
     return options
 
 
 def ranks_for_budget(curves: Dict[Tuple[int, str], torch.Tensor], sensitivity: Dict[Tuple[int, str], float],
-                     config, encoder_params: float, steps: int = 100) -> List[dict]:
+                     config, encoder_params: float, steps: int = 100,
+                     cost_curves: Optional[Dict[Tuple[int, str], torch.Tensor]] = None) -> List[dict]:
     """`low_rank_config` with the least modelled cost whose encoder fits in `encoder_params`.
 
-    Each slot's cost at rank k is sensitivity · (1 − explained variance at k); dense costs 0. For a price p per
+    Each slot's cost at rank k is `cost_curves[slot][k - 1]` where given, else sensitivity · (1 − explained
+    variance at k); dense costs 0. For a price p per
     parameter every slot independently picks the option minimising cost + p · parameters; bisection on p finds
     the cheapest price that fits, and the leftover budget then buys the upgrades with the best cost saved per
     parameter, one step at a time.
@@ -264,7 +274,9 @@ def ranks_for_budget(curves: Dict[Tuple[int, str], torch.Tensor], sensitivity: D
             f"no sensitivity for {len(missing)} slot(s), e.g. layer {missing[0][0]} {missing[0][1]}: the statistics "
             "were saved without sensitivities; recompute them or use the threshold policy"
         )
-    options = {key: slot_options(curve, sensitivity[key], config, key[1]) for key, curve in curves.items()}
+    cost_curves = cost_curves or {}
+    options = {key: slot_options(curve, sensitivity[key], config, key[1], cost_curves.get(key))
+               for key, curve in curves.items()}
     fixed = parameters_with_ranks(config, []) - sum(choices[-1].parameters for choices in options.values())
 
     def pick(price: float) -> Dict[Tuple[int, str], int]:  # slot -> index into its options
@@ -384,6 +396,9 @@ def plan_ranks(stats, config, preset: Optional[str] = None, thresholds: Optional
     if policy == "threshold":
         low_rank_config = ranks_for_thresholds(curves, config, thresholds)
     else:
+        # The scalar model (sensitivity x discarded variance) for every method: spending the budget on the Fisher
+        # estimate's per-rank curves (cost_curves) sent tiny.en fast into repetition loops (60.8 % WER vs
+        # 15.2 %), its scalar gave 15.6 % (benchmarks/results/fisher_vs_probe_tiny.en.json).
         low_rank_config = ranks_for_budget(curves, stats.sensitivity, config, target_encoder_params)
         description["sensitivity_probe"] = dict(stats.sensitivity_probe)
     description["encoder_params"] = parameters_with_ranks(config, low_rank_config)

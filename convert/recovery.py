@@ -43,7 +43,7 @@ from torch import nn
 from configuration_lite_whisper import ATTENTION_SLOTS
 from modeling_lite_whisper import LowRankLinear, set_inference_layout
 
-from .calibration import encoder_of
+from .calibration import encoder_of, encoder_stem, run_layer
 
 # Within one encoder layer, the order in which data reaches the factored linears.
 REFIT_STAGES = (("q_proj", "k_proj", "v_proj"), ("out_proj",), ("fc1",), ("fc2",))
@@ -115,25 +115,13 @@ def log_mel_features(feature_extractor, utterances, batch_size: int = 16) -> tor
     return torch.cat(chunks)
 
 
-def _stem(encoder, features: torch.Tensor) -> torch.Tensor:
-    """The encoder up to its first layer: convolutions, GELU, positions."""
-    hidden = nn.functional.gelu(encoder.conv1(features))
-    hidden = nn.functional.gelu(encoder.conv2(hidden)).permute(0, 2, 1)
-    return hidden + encoder.embed_positions.weight[: hidden.shape[1]]
-
-
-def _layer(layer, hidden: torch.Tensor) -> torch.Tensor:
-    output = layer(hidden, None)
-    return output[0] if isinstance(output, tuple) else output
-
-
 def encode(encoder, features: torch.Tensor, layer_outputs: bool = False):
     """Final hidden states [b, positions, d] (the same computation as WhisperEncoder.forward), and with
     `layer_outputs` the list of every layer's output too."""
-    hidden = _stem(encoder, features)
+    hidden = encoder_stem(encoder, features)
     outputs = []
     for layer in encoder.layers:
-        hidden = _layer(layer, hidden)
+        hidden = run_layer(layer, hidden)
         if layer_outputs:
             outputs.append(hidden)
     final = encoder.layer_norm(hidden)
@@ -193,8 +181,8 @@ def refit_least_squares(
     set_inference_layout(lite_encoder, False)
     parameter = next(lite_encoder.parameters())
     dtype, device = parameter.dtype, parameter.device
-    lite_hidden = torch.cat([_stem(lite_encoder, chunk.to(device, dtype)) for chunk in _chunks(features, chunk_size)])
-    stock_hidden = torch.cat([_stem(stock_encoder, chunk.to(device, dtype)) for chunk in _chunks(features, chunk_size)])
+    lite_hidden = torch.cat([encoder_stem(lite_encoder, chunk.to(device, dtype)) for chunk in _chunks(features, chunk_size)])
+    stock_hidden = torch.cat([encoder_stem(stock_encoder, chunk.to(device, dtype)) for chunk in _chunks(features, chunk_size)])
     work = [(index, stage) for index in range(len(lite_encoder.layers)) for stage in REFIT_STAGES]
     bar = tqdm(total=len(work), desc="least-squares refit", unit="stage", disable=not progress)
     for layer_index, (lite_layer, stock_layer) in enumerate(zip(lite_encoder.layers, stock_encoder.layers)):
@@ -203,8 +191,8 @@ def refit_least_squares(
             if slots:
                 _refit_stage(lite_layer, stock_layer, slots, lite_hidden, stock_hidden, ridge, chunk_size, all_reduce)
             bar.update(1)
-        lite_hidden = torch.cat([_layer(lite_layer, chunk) for chunk in _chunks(lite_hidden, chunk_size)])
-        stock_hidden = torch.cat([_layer(stock_layer, chunk) for chunk in _chunks(stock_hidden, chunk_size)])
+        lite_hidden = torch.cat([run_layer(lite_layer, chunk) for chunk in _chunks(lite_hidden, chunk_size)])
+        stock_hidden = torch.cat([run_layer(stock_layer, chunk) for chunk in _chunks(stock_hidden, chunk_size)])
     bar.close()
     set_inference_layout(lite_encoder, True)  # rebuilt from the refitted factors
 
@@ -222,8 +210,8 @@ def _refit_stage(lite_layer, stock_layer, slots, lite_hidden, stock_hidden, ridg
         inputs = _Capture(lite_modules, "input")
         outputs = _Capture({slot: _slot_module(stock_layer, slot) for slot in slots}, "output")
         try:
-            _layer(lite_layer, lite_chunk)
-            _layer(stock_layer, stock_chunk)
+            run_layer(lite_layer, lite_chunk)
+            run_layer(stock_layer, stock_chunk)
         finally:
             inputs.close()
             outputs.close()

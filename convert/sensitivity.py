@@ -16,17 +16,20 @@ Sensitivity of a slot s: factor only s, at the smallest multiple-of-16 rank r wh
 
 `ranks.ranks_for_budget` then models the cost of any rank as sensitivity[s] · (1 − explained_variance_s(r)) and
 spends a parameter budget where it costs least. One probe per slot: 24 for tiny, 36 for base, 192 for large-v3.
+Each probe starts from the cached stock input of its slot's layer (the layers before it are unchanged), runs
+the rest of the encoder with that one slot factored, then the decoder, in batches of clips, on the model's
+device and dtype. `fisher.py` estimates the same quantity for every slot from one pass.
 """
 
 from dataclasses import dataclass
-from typing import Dict, Iterable, List, Optional
+from typing import Dict, Iterable, Optional
 
 import torch
 
-from configuration_lite_whisper import slot_shape
+from configuration_lite_whisper import ATTENTION_SLOTS, slot_shape
 
-from .calibration import SlotKey
-from .decomposition import Spectrum, decompose, useful_rank_limit
+from .calibration import SlotKey, encoder_linear, encoder_of, encoder_stem, run_layer
+from .decomposition import Spectrum, low_rank_linear, useful_rank_limit
 from .ranks import RANK_MULTIPLE
 
 DEFAULT_PROBE_CLIPS = 32
@@ -44,7 +47,7 @@ class ProbeSet:
     features: torch.Tensor  # [clips, mels, frames]
     decoder_ids: torch.Tensor  # [clips, T]: decoder prompt + stock greedy transcript (+ padding)
     mask: torch.Tensor  # [clips, T-1] bool: positions whose next token is part of the transcript (eos included)
-    reference: torch.Tensor  # [tokens, vocab] float32: the stock model's log-probs at the masked positions
+    reference: Optional[torch.Tensor]  # [tokens, vocab] float32: the stock model's log-probs at the masked positions
     batch_size: int
 
     @property
@@ -73,8 +76,10 @@ def _log_probs(model, probes_features, decoder_ids, mask, batch_size: int) -> to
     return torch.cat(chunks)
 
 
-def probe_set(model, feature_extractor, clips: Iterable, batch_size: int = 8) -> ProbeSet:
-    """Transcribe `clips` (audio.Utterance) greedily with the stock `model` and keep its predictions."""
+def probe_set(model, feature_extractor, clips: Iterable, batch_size: int = 8, reference: bool = True) -> ProbeSet:
+    """Transcribe `clips` (audio.Utterance) greedily with the stock `model` and keep its predictions (with
+    `reference`, also its teacher-forced log-probs, which `probe_loss` compares against; the Fisher estimate
+    does not need them)."""
     audios = [clip.audio for clip in clips]
     if not audios:
         raise ValueError("a sensitivity probe needs at least one clip")
@@ -101,8 +106,20 @@ def probe_set(model, feature_extractor, clips: Iterable, batch_size: int = 8) ->
     prompt_length = (decoder_ids <= eos).int().argmax(dim=1)  # [clips]: position of the first transcript token
     in_prompt = torch.arange(1, decoder_ids.shape[1])[None, :] < prompt_length[:, None]
     mask = ~after_first_eos & ~in_prompt  # [clips, T-1]
-    reference = _log_probs(model, features, decoder_ids, mask, batch_size)
-    return ProbeSet(features, decoder_ids, mask, reference, batch_size)
+    log_probs = _log_probs(model, features, decoder_ids, mask, batch_size) if reference else None
+    return ProbeSet(features, decoder_ids, mask, log_probs, batch_size)
+
+
+def _mean_kl(sums: torch.Tensor, processes=None) -> float:
+    """Mean KL per token from float64 [Σ KL, token count], summed across processes when given."""
+    if processes is not None:
+        sums = processes.sum(sums)
+    return float(sums[0] / sums[1])
+
+
+def _kl_sums(reference: torch.Tensor, log_probs: torch.Tensor) -> torch.Tensor:
+    kl = (reference.exp() * (reference - log_probs)).sum(dim=-1)  # [tokens]
+    return torch.stack([kl.double().sum(), torch.tensor(kl.numel(), dtype=torch.float64)])
 
 
 def probe_loss(model, probes: ProbeSet, processes=None) -> float:
@@ -112,11 +129,15 @@ def probe_loss(model, probes: ProbeSet, processes=None) -> float:
     clips and the float64 sum of KL and the token count are summed across processes: every process gets the
     mean over all probe tokens."""
     log_probs = _log_probs(model, probes.features, probes.decoder_ids, probes.mask, probes.batch_size)
-    kl = (probes.reference.exp() * (probes.reference - log_probs)).sum(dim=-1)  # [tokens]
-    sums = torch.stack([kl.double().sum(), torch.tensor(kl.numel(), dtype=torch.float64)])
-    if processes is not None:
-        sums = processes.sum(sums)
-    return float(sums[0] / sums[1])
+    return _mean_kl(_kl_sums(probes.reference, log_probs), processes)
+
+
+def _swap(layer, slot: str, module) -> torch.nn.Module:
+    """Put `module` into `slot` of an encoder layer; returns the module it replaced."""
+    owner = layer.self_attn if slot in ATTENTION_SLOTS else layer
+    previous = getattr(owner, slot)
+    setattr(owner, slot, module)
+    return previous
 
 
 def probe_rank(curve: torch.Tensor, level: float, in_features: int, out_features: int) -> Optional[int]:
@@ -139,25 +160,62 @@ def measure_sensitivity(
 ) -> Dict[SlotKey, float]:
     """sensitivity[slot]: probe loss per unit of discarded explained variance, one slot factored at a time.
 
-    With `processes`, `probes` is this process's shard and every process returns the same values."""
+    Layer by layer: the stock hidden states entering the layer are computed once for all probe clips
+    ([clips, positions, d], on the model's device and dtype); each of the layer's slots is then factored in
+    place, the encoder runs from that layer on and the decoder scores the stock transcripts; the slot is put
+    back. With `processes`, `probes` is this process's shard and every process returns the same values."""
     from tqdm.auto import tqdm
+    from transformers.modeling_outputs import BaseModelOutput
 
     config = model.config
+    encoder = encoder_of(model)
+    parameter = next(model.parameters())
+    device, dtype = parameter.device, parameter.dtype
+    size = probes.batch_size
+    clips = probes.decoder_ids.shape[0]
+    mask = probes.mask.to(device)
+
+    def batches(tensor):
+        return [tensor[start : start + size] for start in range(0, clips, size)]
+
     sensitivity = {}
-    for key, spectrum_ in tqdm(spectra_by_slot.items(), desc="sensitivity", unit="linear", disable=not progress):
-        layer_index, slot = key
-        curve = spectrum_.explained_variance
-        rank = probe_rank(curve, level, *slot_shape(config, slot))
-        if rank is None:
-            sensitivity[key] = 0.0
-            continue
-        low_rank_config: List[dict] = [{} for _ in range(config.encoder_layers)]
-        low_rank_config[layer_index][slot] = rank
-        discarded = 1.0 - float(curve[rank - 1])
-        loss = probe_loss(decompose(model, spectra_by_slot, low_rank_config), probes, processes)
-        # KL is >= 0; a slightly negative estimate is rounding noise: the slot is insensitive
-        sensitivity[key] = max(loss, 0.0) / discarded if discarded > 0 else 0.0
-    return sensitivity
+    bar = tqdm(total=len(spectra_by_slot), desc="sensitivity", unit="linear", disable=not progress)
+    with torch.inference_mode():
+        hidden = torch.cat([encoder_stem(encoder, features.to(device=device, dtype=dtype))
+                            for features in batches(probes.features)])  # [clips, positions, d]: layer 0's input
+        for layer_index, layer in enumerate(encoder.layers):
+            for key in [key for key in spectra_by_slot if key[0] == layer_index]:
+                slot = key[1]
+                curve = spectra_by_slot[key].explained_variance
+                rank = probe_rank(curve, level, *slot_shape(config, slot))
+                bar.update(1)
+                if rank is None:
+                    sensitivity[key] = 0.0
+                    continue
+                factored = low_rank_linear(encoder_linear(encoder, layer_index, slot), spectra_by_slot[key], rank)
+                dense = _swap(layer, slot, factored)
+                sums = torch.zeros(2, dtype=torch.float64)
+                try:
+                    start = 0
+                    for states, ids in zip(batches(hidden), batches(probes.decoder_ids)):
+                        for later in encoder.layers[layer_index:]:
+                            states = run_layer(later, states)
+                        encoded = BaseModelOutput(last_hidden_state=encoder.layer_norm(states))
+                        logits = model(encoder_outputs=encoded, decoder_input_ids=ids[:, :-1].to(device)).logits
+                        kept = mask[start : start + len(ids)]
+                        log_probs = torch.log_softmax(logits.float(), dim=-1)[kept].cpu()
+                        offset = int(probes.mask[:start].sum())
+                        sums += _kl_sums(probes.reference[offset : offset + log_probs.shape[0]], log_probs)
+                        start += len(ids)
+                finally:
+                    _swap(layer, slot, dense)
+                discarded = 1.0 - float(curve[rank - 1])
+                loss = _mean_kl(sums, processes)
+                # KL is >= 0; a slightly negative estimate is rounding noise: the slot is insensitive
+                sensitivity[key] = max(loss, 0.0) / discarded if discarded > 0 else 0.0
+            hidden = torch.cat([run_layer(layer, states) for states in batches(hidden)])  # the next layer's input
+    bar.close()
+    return {key: sensitivity[key] for key in spectra_by_slot}
 
 
 def probe_description(probes: ProbeSet, level: float, clips_source: Optional[str] = None, processes=None) -> dict:

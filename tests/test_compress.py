@@ -184,3 +184,38 @@ def test_real_tiny_en_fast_preset_transcribes_like_the_stock_model(tiny_en_dir, 
                       probe_clips=8, recovery="none", progress=False)
     assert result.encoder_params <= OFFICIAL_ENCODER_PARAMS["tiny"]["fast"]
     assert jiwer.wer(result.smoke.stock_text.lower(), result.smoke.lite_text.lower()) < 0.3
+
+
+STAGES_OF_A_FRESH_RUN = ("load model", "audio decoding", "calibration statistics", "spectra", "sensitivity",
+                         "rank choice", "decomposition", "export")
+
+
+def test_compress_reports_and_records_every_stage_and_the_stats_file_keeps_its_costs(base, calibration, tmp_path,
+                                                                                      capsys):
+    common = ("--calibration", calibration, "--num-samples", 4, "--batch-size", 4, "--probe-clips", 2,
+              "--target-encoder-params", "0.8", "--no-smoke-test", "--no-progress", "--recovery", "none",
+              "--stats", tmp_path / "stats.safetensors")
+    code, output = run_cli(base, "--out", tmp_path / "fisher", "--sensitivity", "fisher", *common, capsys=capsys)
+    assert code == 0, output.err
+    printed = output.out[output.out.index("stage costs"):]
+    recipe = json.loads((tmp_path / "fisher" / "compression_recipe.json").read_text())
+    recorded = [record["stage"] for record in recipe["stages"]]
+    for stage in STAGES_OF_A_FRESH_RUN:
+        assert stage in printed and stage in recorded
+    assert all(record["seconds"] >= 0 for record in recipe["stages"])
+    assert "## Conversion cost" in (tmp_path / "fisher" / "README.md").read_text()
+    assert recipe["rank_policy"]["sensitivity_probe"]["method"] == "fisher"
+    stats = load_stats(tmp_path / "stats.safetensors")
+    assert stats.sensitivity_probe["method"] == "fisher" and len(stats.sensitivity_curves) == 12
+    assert set(stats.costs) == {"audio decoding", "calibration statistics", "spectra", "sensitivity"}
+
+    # The same stats file, the other method: the sums are reused, the sensitivities measured again by the probe.
+    code, output = run_cli(base, "--out", tmp_path / "probe", "--sensitivity", "probe", *common, capsys=capsys)
+    assert code == 0, output.err
+    recipe = json.loads((tmp_path / "probe" / "compression_recipe.json").read_text())
+    recorded = [record["stage"] for record in recipe["stages"]]
+    assert "calibration statistics" not in recorded and "sensitivity" in recorded
+    assert recipe["rank_policy"]["sensitivity_probe"]["method"] == "probe"
+    assert "calibration statistics" in recipe["extra"]["stats_file_costs"]  # what the reused sums cost then
+    stats = load_stats(tmp_path / "stats.safetensors")
+    assert stats.sensitivity_probe["method"] == "probe" and not stats.sensitivity_curves

@@ -7,7 +7,6 @@ import os
 import shlex
 import shutil
 import subprocess
-import sys
 
 import pytest
 from conftest import DATA_ROOT, REPO_ROOT

@@ -1,0 +1,99 @@
+"""The Fisher sensitivity estimate (fisher.py) on a tiny random Whisper whose decoder reads its encoder strongly."""
+
+import pytest
+import torch
+from compress_fixtures import clips, tiny_feature_extractor, tiny_model
+
+from configuration_lite_whisper import slot_shape
+
+from lite_whisper_convert.calibration import collect_stats
+from lite_whisper_convert.decomposition import attach_explained_variance, decompose, spectra
+from lite_whisper_convert.fisher import fisher_probe_vectors, fisher_sensitivity
+from lite_whisper_convert.ranks import ranks_for_budget
+from lite_whisper_convert.sensitivity import measure_sensitivity, probe_loss, probe_rank, probe_set
+
+LOW_RANK_SLOT = (0, "fc2")  # its weight is cut to rank 8: its centred outputs span 8 directions
+
+
+@pytest.fixture(scope="module")
+def setup():
+    """A random tiny Whisper made sensitive to its encoder (cross-attention values and output logits scaled up,
+    so that cutting an encoder linear moves the decoder far above float noise), with one slot whose outputs
+    vary in 8 directions only (around a mean outside them)."""
+    model = tiny_model()
+    with torch.no_grad():
+        for layer in model.model.decoder.layers:
+            layer.encoder_attn.v_proj.weight.mul_(20.0)
+        model.model.decoder.layer_norm.weight.mul_(5.0)
+        fc2 = model.model.encoder.layers[LOW_RANK_SLOT[0]].fc2
+        basis, _ = torch.linalg.qr(torch.randn(fc2.out_features, 8, generator=torch.Generator().manual_seed(1)))
+        fc2.weight.copy_(basis @ basis.T @ fc2.weight)
+        fc2.bias.copy_(0.05 * torch.randn(fc2.out_features, generator=torch.Generator().manual_seed(2)))  # outside it
+    feature_extractor = tiny_feature_extractor()
+    utterances = clips(16)
+    stats = collect_stats(model, feature_extractor, utterances, frames="real", progress=False)
+    by_slot = spectra(stats, model.config)
+    attach_explained_variance(stats, by_slot)
+    probes = probe_set(model, feature_extractor, utterances[:8])
+    return model, stats, by_slot, probes
+
+
+def test_probe_vectors_have_the_softmax_fisher_as_covariance():
+    logits = torch.tensor([[2.0, 0.5, -1.0, 0.0]])
+    generator = torch.Generator().manual_seed(0)
+    samples = torch.cat([fisher_probe_vectors(logits, generator) for _ in range(20000)])  # [n, 4]
+    p = torch.softmax(logits[0], dim=-1)
+    expected = torch.diag(p) - torch.outer(p, p)
+    assert torch.allclose(samples.T @ samples / len(samples), expected, atol=0.01)
+    assert samples.sum(dim=-1).abs().max() < 1e-5  # a shift of every logit changes nothing: no mass along it
+
+
+def test_a_slot_whose_discarded_directions_carry_no_variance_costs_nothing(setup):
+    model, _, by_slot, probes = setup
+    _, curves = fisher_sensitivity(model, probes, by_slot)
+    curve = curves[LOW_RANK_SLOT]
+    assert curve[0] > 0  # rank 1 discards 7 of the 8 directions the outputs use
+    assert curve[7:].abs().max() <= 1e-6 * curve[0]  # rank 8 and above keep them all (float32 rounding aside)
+    other = curves[(0, "fc1")]
+    assert other[15] > 1e-6 * other[0]  # a full-rank slot still loses something at rank 16
+
+
+def test_estimate_ranks_slots_as_the_exact_probe_does(setup):
+    """Slots the one-pass-per-slot probe measures as clearly sensitive get a far larger estimate than those it
+    measures as insensitive (its float-noise floor here is about 1e-3)."""
+    model, _, by_slot, probes = setup
+    exact = measure_sensitivity(model, probes, by_slot)
+    estimate, _ = fisher_sensitivity(model, probes, by_slot)
+    # (the rank-8 slot discards ~no variance at the probe's rank: the probe's ratio is 0/0 there)
+    sensitive = [key for key, value in exact.items() if value > 2e-3 and key != LOW_RANK_SLOT]
+    insensitive = [key for key, value in exact.items() if abs(value) < 1e-4 and key != LOW_RANK_SLOT]
+    assert len(sensitive) >= 3 and len(insensitive) >= 2
+    assert min(estimate[key] for key in sensitive) > 100 * max(estimate[key] for key in insensitive)
+
+
+def test_the_estimate_is_deterministic_and_the_budget_follows_its_curves(setup):
+    model, stats, by_slot, probes = setup
+    first = fisher_sensitivity(model, probes, by_slot, seed=3)
+    second = fisher_sensitivity(model, probes, by_slot, seed=3)
+    assert first[0] == second[0]
+    sensitivity, curves = first
+    stock = sum(p.numel() for name, p in model.model.encoder.named_parameters() if "embed_positions" not in name)
+    low_rank_config = ranks_for_budget(stats.explained_variance, sensitivity, model.config, 0.8 * stock,
+                                       cost_curves=curves)
+    ranks = {(layer, slot): rank for layer, row in enumerate(low_rank_config) for slot, rank in row.items()}
+    # the rank-8 slot costs nothing at rank 16, the smallest step: it is cut there before anything else is cut
+    assert ranks.get(LOW_RANK_SLOT) == 16
+
+
+def test_the_probe_from_cached_layer_inputs_measures_what_a_whole_model_pass_does(setup):
+    """measure_sensitivity starts each slot's probe from its layer's cached input; a LiteWhisper with that one
+    slot factored, run whole, gives the same KL."""
+    model, _, by_slot, probes = setup
+    sensitivity = measure_sensitivity(model, probes, by_slot)
+    for layer_index, slot in [(0, "v_proj"), (1, "fc1"), (1, "out_proj")]:
+        curve = by_slot[(layer_index, slot)].explained_variance
+        rank = probe_rank(curve, 0.99, *slot_shape(model.config, slot))
+        low_rank_config = [{} for _ in range(model.config.encoder_layers)]
+        low_rank_config[layer_index][slot] = rank
+        whole = probe_loss(decompose(model, by_slot, low_rank_config), probes) / (1.0 - float(curve[rank - 1]))
+        assert sensitivity[(layer_index, slot)] == pytest.approx(whole, rel=1e-3, abs=1e-6)
