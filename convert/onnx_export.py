@@ -504,6 +504,8 @@ def export_onnx(model_path, out_dir=None, dtypes: Sequence[str] = DEFAULT_DTYPES
             for name in REPO_FILES:
                 if (model_path / name).is_file():
                     shutil.copyfile(model_path / name, out_dir / name)
+        if not (out_dir / "preprocessor_config.json").is_file():  # transformers.js reads the feature extractor here
+            processor.feature_extractor.save_pretrained(out_dir)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return report
