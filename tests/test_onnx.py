@@ -114,7 +114,7 @@ def test_transcribe_command_with_runtime_onnx(exported, clips, capsys):
     clip = speech_set("librispeech-test-clean-mini") / clips[1].name
     assert main(["transcribe", str(folder), str(clip), "--runtime", "onnx"]) == 0
     name, text = capsys.readouterr().out.strip().split("\t")
-    assert name == clip.name and word_error_rate([clips[1].text], [text]) < 30
+    assert Path(name).name == clip.name and word_error_rate([clips[1].text], [text]) < 30
 
 
 def test_onnx_runtime_names_what_it_cannot_do(exported, tmp_path):
@@ -218,3 +218,35 @@ def test_stock_whisper_exports_and_decodes(tiny_base, speech_clip, tmp_path):
     features = processor.feature_extractor(np.zeros(8000, dtype=np.float32), sampling_rate=16000,
                                            return_tensors="pt").input_features
     assert model.generate(features).shape[0] == 1
+
+
+# ----------------------------------------------------------------------------------------------- card and push
+
+
+def test_card_lists_the_onnx_runtimes_and_tags(exported, tiny_en_dir, tmp_path):
+    from huggingface_hub import ModelCard
+
+    from lite_whisper_convert.cards import render_card
+    from lite_whisper_convert.evaluation import evaluate, write_results
+
+    folder, _ = exported
+    data = str(speech_set("librispeech-test-clean-mini"))
+    results = [write_results(evaluate(str(path), [data], limit=1, progress=False), tmp_path / f"{index}.json")
+               for index, path in enumerate((tiny_en_dir, folder))]
+    render_card(folder, results, base_model="openai/whisper-tiny.en", repo_id="someone/lite-tiny.en-onnx",
+                write=True)
+    card = ModelCard.load(folder / "README.md")
+    assert {"onnx", "transformers.js"} <= set(card.data.tags)
+    assert 'pipeline("automatic-speech-recognition", "someone/lite-tiny.en-onnx", { dtype: "q8" })' in card.text
+    assert "variants: fp32, q8" in card.text and "--runtime onnx --onnx-dtype q8" in card.text
+
+
+def test_push_uploads_onnx_files_and_wants_them_in_pairs(exported, tmp_path):
+    from lite_whisper_convert.hub import missing_files, upload_files
+
+    folder, _ = exported
+    assert {"onnx/encoder_model.onnx", "onnx/decoder_model_merged_quantized.onnx"} <= set(upload_files(folder))
+    copy = tmp_path / "copy"
+    shutil.copytree(folder, copy)
+    (copy / "onnx" / "decoder_model_merged_quantized.onnx").unlink()
+    assert any("onnx/decoder_model_merged_quantized.onnx" in problem for problem in missing_files(copy))
