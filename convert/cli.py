@@ -145,8 +145,8 @@ def _add_export_onnx(subparsers) -> None:
         "_fp16), after checking every file against PyTorch on a real speech clip.",
     )
     parser.add_argument("model", metavar="MODEL", help="local Whisper or LiteWhisper folder")
-    parser.add_argument("--out", metavar="DIR", help="repo folder to write onnx/ into (default: MODEL itself); the "
-                        "config, tokenizer and processor files are copied there too")
+    parser.add_argument("--out", metavar="DIR", help="repo folder to write onnx/ into (default: MODEL itself); "
+                        "MODEL's files (weights, config, tokenizer, processor) are copied there too")
     parser.add_argument("--dtype", nargs="+", choices=("fp32", "q8", "fp16"), default=["fp32", "q8", "fp16"],
                         help="variants to write (transformers.js dtype names; fp32 is always written)")
     parser.add_argument("--check-audio", metavar="FILE",

@@ -55,10 +55,6 @@ PER_CHANNEL = True
 # Largest relative error (max |onnx - torch| / max |torch|) accepted per variant, for the encoder output and the
 # decoder logits. fp32 differs from PyTorch by summation order only; fp16 and int8 by their rounding.
 TOLERANCE = {"fp32": 1e-3, "fp16": 2e-2, "q8": 0.25}
-# Files of a model folder that a transformers.js repo needs besides the ONNX files.
-REPO_FILES = ("config.json", "generation_config.json", "preprocessor_config.json", "processor_config.json",
-              "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json",
-              "vocab.json", "merges.txt", "normalizer.json")
 DEFAULT_CHECK_AUDIO = (Path(__file__).resolve().parents[1].parent / "shared" / "data" / "librispeech-test-clean-mini"
                        / "1089-134686-0000.flac")
 
@@ -541,10 +537,10 @@ def export_onnx(model_path, out_dir=None, dtypes: Sequence[str] = DEFAULT_DTYPES
             if name.endswith(".onnx"):
                 report.files[f"{ONNX_FOLDER}/{name}"] = (staging / name).stat().st_size
         _move_into_place(staging, out_dir / ONNX_FOLDER)
-        if out_dir.resolve() != model_path.resolve():
-            for name in REPO_FILES:
-                if (model_path / name).is_file():
-                    shutil.copyfile(model_path / name, out_dir / name)
+        if out_dir.resolve() != model_path.resolve():  # the rest of the repo: weights, code, config, tokenizer...
+            for source in model_path.iterdir():
+                if source.is_file() and not source.name.startswith("."):
+                    shutil.copyfile(source, out_dir / source.name)
         if not (out_dir / "preprocessor_config.json").is_file():  # transformers.js reads the feature extractor here
             processor.feature_extractor.save_pretrained(out_dir)
     finally:
