@@ -190,7 +190,8 @@ class OnnxRunner(TransformersRunner):
     def describe(self) -> dict:
         import onnxruntime
 
-        return dict(super().describe(), dtype=self.onnx_dtype, onnxruntime=onnxruntime.__version__,
+        # model_type "onnx": cards compare PyTorch rows only; these are the same weights in another runtime
+        return dict(super().describe(), model_type="onnx", dtype=self.onnx_dtype, onnxruntime=onnxruntime.__version__,
                     file_bytes=onnx_bytes(self.path, self.onnx_dtype))
 
 
