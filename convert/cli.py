@@ -59,7 +59,27 @@ def _add_eval(subparsers) -> None:
                         help="also decode with Whisper's temperature fallback (compression-ratio and log-prob checks) "
                         "and report that WER beside the greedy one, under 'fallback' in the JSON")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    _add_runtime_arguments(parser)
     parser.set_defaults(func=_run_eval)
+
+
+def _add_runtime_arguments(parser) -> None:
+    parser.add_argument("--runtime", choices=("torch", "onnx"), default="torch",
+                        help="torch (transformers, default) or onnx: ONNX Runtime over the folder's onnx/ files "
+                        "(lite-whisper export-onnx), greedy, up to 30 s per clip")
+    parser.add_argument("--onnx-dtype", choices=("fp32", "q8", "fp16"), default="fp32",
+                        help="with --runtime onnx: which exported variant to run (default fp32)")
+
+
+def _load(args, device=None, dtype=None):
+    """(model, processor) for the chosen runtime."""
+    if args.runtime == "onnx":
+        from .onnx_runtime import load_onnx_model
+
+        return load_onnx_model(args.model, dtype=args.onnx_dtype)
+    from .evaluation import load_model
+
+    return load_model(args.model, device=device, dtype=dtype)
 
 
 def _processes(device):
@@ -80,7 +100,7 @@ def _run_eval(args) -> int:
     import torch
 
     from .checks import check_count, check_data_source, check_device, check_writable_file
-    from .evaluation import evaluate, expand_sources, format_results, load_model, write_results
+    from .evaluation import evaluate, expand_sources, format_results, write_results
 
     check_count("--limit", args.limit)
     check_count("--batch-size", args.batch_size)
@@ -89,12 +109,14 @@ def _run_eval(args) -> int:
     for source in expand_sources(args.data):
         check_data_source("--data", source)
     with _processes(args.device) as processes:
-        model, processor = load_model(args.model, device=_device(args.device, processes),
-                                      dtype=getattr(torch, args.dtype) if args.dtype else None)
+        model, processor = _load(args, device=_device(args.device, processes),
+                                 dtype=getattr(torch, args.dtype) if args.dtype else None)
         settings = dict(limit=args.limit, batch_size=args.batch_size, language=args.language,
                         progress=not args.no_progress, keep_transcripts=args.transcripts, model=model,
                         processor=processor, processes=processes)
         results = evaluate(args.model, args.data, **settings)
+        if args.runtime == "onnx":
+            results["runtime"] = {"name": "onnxruntime", "onnx_dtype": args.onnx_dtype}
         if args.fallback:  # a decoding safeguard, reported beside greedy and never instead of it
             safeguarded = evaluate(args.model, args.data, fallback=True, **settings)
             results["fallback"] = {key: safeguarded[key] for key in ("mean_wer", "datasets", "decoding")}
@@ -123,6 +145,7 @@ def _add_transcribe(subparsers) -> None:
     parser.add_argument("--language", default=None, help="multilingual models: e.g. en, fr (default: detect)")
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda when available)")
+    _add_runtime_arguments(parser)
     parser.set_defaults(func=_run_transcribe)
 
 
@@ -131,14 +154,14 @@ def _run_transcribe(args) -> int:
 
     from .audio import iter_paths
     from .checks import InputError, check_count, check_device
-    from .evaluation import load_model, transcribe_batches
+    from .evaluation import transcribe_batches
 
     check_count("--batch-size", args.batch_size)
     check_device(args.device)
     absent = [path for path in args.audio if not Path(path).exists()]
     if absent:
         raise InputError(f"no such audio file or folder: {', '.join(absent)}")
-    model, processor = load_model(args.model, device=args.device)
+    model, processor = _load(args, device=args.device)
     for batch, texts, _ in transcribe_batches(model, processor, iter_paths(args.audio), args.batch_size, args.language):
         for utterance, text in zip(batch, texts):
             print(f"{utterance.name}\t{text}", flush=True)
@@ -146,6 +169,38 @@ def _run_transcribe(args) -> int:
 
 
 _COMMANDS.append(_add_transcribe)
+
+
+def _add_export_onnx(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "export-onnx",
+        help="export a Whisper or LiteWhisper folder to ONNX for ONNX Runtime and transformers.js",
+        description="Write onnx/encoder_model.onnx and onnx/decoder_model_merged.onnx (decoder with and without past "
+        "key/values in one graph) plus the chosen variants under transformers.js' suffixes (_quantized for q8, "
+        "_fp16), after checking every file against PyTorch on a real speech clip.",
+    )
+    parser.add_argument("model", metavar="MODEL", help="local Whisper or LiteWhisper folder")
+    parser.add_argument("--out", metavar="DIR", help="repo folder to write onnx/ into (default: MODEL itself); "
+                        "MODEL's files (weights, config, tokenizer, processor) are copied there too")
+    parser.add_argument("--dtype", nargs="+", choices=("fp32", "q8", "fp16"), default=["fp32", "q8", "fp16"],
+                        help="variants to write (transformers.js dtype names; fp32 is always written)")
+    parser.add_argument("--check-audio", metavar="FILE",
+                        help="speech clip for the numerical check against PyTorch (default: a LibriSpeech clip in "
+                        "../shared/data when present)")
+    parser.set_defaults(func=_run_export_onnx)
+
+
+def _run_export_onnx(args) -> int:
+    from .onnx_export import export_onnx
+
+    report = export_onnx(args.model, out_dir=args.out, dtypes=args.dtype, check_audio=args.check_audio)
+    for name, size in report.files.items():
+        print(f"  {name}  ({size / 1e6:.1f} MB)")
+    print(f"wrote {report.folder}")
+    return 0
+
+
+_COMMANDS.append(_add_export_onnx)
 
 
 def _add_card(subparsers) -> None:

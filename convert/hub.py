@@ -91,6 +91,21 @@ def missing_files(folder) -> List[str]:
         problems.append("tokenizer (tokenizer.json, or vocab.json + merges.txt)")
     if "tokenizer_config.json" not in files:
         problems.append("tokenizer_config.json")
+    problems += _missing_onnx_files(files)
+    return problems
+
+
+def _missing_onnx_files(files: set) -> List[str]:
+    """An onnx/ folder must pair every encoder variant with its merged decoder (transformers.js loads both)."""
+    from .onnx_export import DECODER, ENCODER, ONNX_FOLDER, SUFFIXES, file_name
+
+    problems = []
+    present = {dtype: [f"{ONNX_FOLDER}/{file_name(part, dtype)}" in files for part in (ENCODER, DECODER)]
+               for dtype in SUFFIXES}
+    for dtype, (encoder, decoder) in present.items():
+        if encoder != decoder:
+            missing = file_name(DECODER if encoder else ENCODER, dtype)
+            problems.append(f"{ONNX_FOLDER}/{missing} (the {dtype} ONNX files come in pairs: lite-whisper export-onnx DIR)")
     return problems
 
 

@@ -1,0 +1,556 @@
+"""Export a Whisper or LiteWhisper folder to ONNX, in the layout transformers.js reads from a Hub repo.
+
+    report = export_onnx("lite-whisper-tiny.en-fast")            # writes lite-whisper-tiny.en-fast/onnx/
+    report = export_onnx("whisper-tiny.en", out_dir="tiny-onnx", dtypes=("fp32", "q8"))
+
+Files (transformers.js and optimum names; one repo then serves transformers, ONNX Runtime and transformers.js):
+- `onnx/encoder_model.onnx`: `input_features` [batch_size, n_mels, 3000] -> `last_hidden_state` [batch_size, T, d].
+- `onnx/decoder_model_merged.onnx`: the decoder with and without past key/values in one graph. Inputs `input_ids`
+  [batch_size, decoder_sequence_length], `encoder_hidden_states`, `past_key_values.{i}.{decoder,encoder}.{key,value}`
+  [batch_size, heads, past length, head_dim] and `use_cache_branch` (bool [1]); outputs `logits` and
+  `present.{i}.{decoder,encoder}.{key,value}`. With `use_cache_branch` false (the first step: the past inputs
+  are then empty tensors, as transformers.js feeds them) the decoder reads the whole prompt and computes the
+  cross-attention keys/values from `encoder_hidden_states`; with true it reads the new tokens and the past, and
+  passes the encoder keys/values through.
+- Variants with transformers.js' suffixes: `_quantized` (q8: int8 dynamic quantisation of the MatMul/Gemm weights
+  by onnxruntime.quantization; the convolution stem stays float, since ONNX Runtime Web has no ConvInteger, and so
+  do the low-rank slots' second factors, see `second_factor_matmuls`) and
+  `_fp16` (weights and compute in float16, inputs and outputs float32).
+
+How: each graph is exported from the PyTorch model by `torch.onnx.export(dynamo=True)` (transformers' own
+decoder and cache classes), the two decoder graphs are joined under one `If` node with the `onnx` helper API
+(weights shared), and quantisation/fp16 use onnxruntime.quantization and onnxconverter-common. A LiteWhisper
+encoder is exported in its factored form: every low-rank slot stays two MatMuls, and the in-memory inference
+layout of `modeling_lite_whisper.py` (merging near break-even, shared first factors, reduced attention) is
+switched off for the export, since its thresholds were measured for PyTorch, not for ONNX Runtime.
+
+Checks, before anything is moved into place: on a real speech clip, the encoder output and the decoder's logits
+(first step without past, then steps with past) of every written variant are compared with PyTorch's; a variant
+outside its tolerance raises `OnnxMismatchError` naming the file and the error.
+"""
+
+import hashlib
+import logging
+import os
+import shutil
+import sys
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence
+
+import numpy as np
+import torch
+
+ONNX_FOLDER = "onnx"
+ENCODER = "encoder_model"
+DECODER = "decoder_model_merged"
+# transformers.js dtype name -> file-name suffix (its DEFAULT_DTYPE_SUFFIX_MAPPING).
+SUFFIXES = {"fp32": "", "q8": "_quantized", "fp16": "_fp16"}
+DEFAULT_DTYPES = ("fp32", "q8", "fp16")
+OPSET = 18
+# q8 weights get one int8 scale per output column: on tiny.en (librispeech-test-other-60) q8 WER was 16.19 % per
+# column and 16.73 % per tensor, against 15.04 % in fp32.
+PER_CHANNEL = True
+# Largest relative error (max |onnx - torch| / max |torch|) accepted per variant, for the encoder output and the
+# decoder logits. fp32 differs from PyTorch by summation order only; fp16 and int8 by their rounding.
+TOLERANCE = {"fp32": 1e-3, "fp16": 2e-2, "q8": 0.25}
+DEFAULT_CHECK_AUDIO = (Path(__file__).resolve().parents[1].parent / "shared" / "data" / "librispeech-test-clean-mini"
+                       / "1089-134686-0000.flac")
+
+
+class OnnxExportError(ValueError):
+    """The model cannot be exported as asked (bad folder, unknown dtype, missing check clip, exporter failure)."""
+
+
+class OnnxMismatchError(OnnxExportError):
+    """An exported graph computes something other than the PyTorch model it came from."""
+
+
+@dataclass
+class ExportReport:
+    folder: Path  # the onnx/ folder written
+    files: Dict[str, int] = field(default_factory=dict)  # file name -> bytes
+    errors: Dict[str, Dict[str, float]] = field(default_factory=dict)  # variant -> {"encoder": e, "decoder": e}
+    check_audio: Optional[str] = None
+
+
+def file_name(part: str, dtype: str) -> str:
+    return f"{part}{SUFFIXES[dtype]}.onnx"
+
+
+# ----------------------------------------------------------------------------------------------- PyTorch side
+
+
+class EncoderGraph(torch.nn.Module):
+    """input_features [B, n_mels, 3000] -> last_hidden_state [B, T, d]."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.encoder = model.get_encoder()
+
+    def forward(self, input_features):
+        return self.encoder(input_features).last_hidden_state
+
+
+class DecoderGraph(torch.nn.Module):
+    """One decoder step as transformers.js feeds it, without (`with_past=False`) or with past key/values.
+
+    Inputs: input_ids [B, S], encoder_hidden_states [B, T, d], then (with past) for each layer the self-attention
+    key, value [B, H, P, hd] and the cross-attention key, value [B, H, T, hd]. Outputs: logits [B, S, vocab],
+    then for each layer the self-attention key, value [B, H, P + S, hd] and (without past) the cross-attention
+    key, value.
+    """
+
+    def __init__(self, model, with_past: bool):
+        super().__init__()
+        self.decoder = model.get_decoder()
+        self.proj_out = model.proj_out
+        self.layers = model.config.decoder_layers
+        self.with_past = with_past
+
+    def forward(self, input_ids, encoder_hidden_states, *past):
+        from transformers.cache_utils import DynamicCache, EncoderDecoderCache
+
+        if self.with_past:
+            cache = EncoderDecoderCache(
+                DynamicCache([(past[4 * i], past[4 * i + 1]) for i in range(self.layers)]),
+                DynamicCache([(past[4 * i + 2], past[4 * i + 3]) for i in range(self.layers)]),
+            )
+        else:
+            cache = EncoderDecoderCache(DynamicCache(), DynamicCache())
+        output = self.decoder(input_ids=input_ids, encoder_hidden_states=encoder_hidden_states, cache=cache,
+                              use_cache=True)
+        outputs = [self.proj_out(output.last_hidden_state)]
+        for index in range(self.layers):
+            own, cross = cache.self_attention_cache.layers[index], cache.cross_attention_cache.layers[index]
+            outputs += [own.keys, own.values]
+            if not self.with_past:
+                outputs += [cross.keys, cross.values]
+        return tuple(outputs)
+
+
+def past_names(layers: int, prefix: str = "past_key_values") -> List[str]:
+    """past_key_values.{i}.decoder.key, .decoder.value, .encoder.key, .encoder.value for each layer, in order."""
+    return [f"{prefix}.{i}.{part}.{kind}" for i in range(layers) for part in ("decoder", "encoder")
+            for kind in ("key", "value")]
+
+
+def _load_for_export(model_path):
+    """The model in float32 on the CPU, eval mode, with any LiteWhisper inference layout switched off."""
+    from .evaluation import load_model
+
+    model, processor = load_model(model_path, device="cpu", dtype=torch.float32)
+    switch = getattr(sys.modules.get(type(model).__module__), "set_inference_layout", None)
+    if switch is not None:  # LiteWhisper: export the factored form (two MatMuls per low-rank slot)
+        switch(model, False)
+    return model, processor
+
+
+def _to_onnx(module, args, input_names, output_names, dynamic_shapes):
+    """One graph through torch.onnx's dynamo exporter, as an onnx.ModelProto holding its weights."""
+    import warnings
+
+    exporter_log = logging.getLogger("torch.onnx")
+    level = exporter_log.level
+    exporter_log.setLevel(logging.ERROR)  # it notes every missing optional library (torchvision ops) as a warning
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")
+        program = torch.onnx.export(module, args, dynamo=True, input_names=input_names, output_names=output_names,
+                                    dynamic_shapes=dynamic_shapes, opset_version=OPSET, verbose=False,
+                                    optimize=True)
+    exporter_log.setLevel(level)
+    return _outputs_as_identities(program.model_proto)
+
+
+def _outputs_as_identities(model):
+    """Give every graph output its own Identity node. The exporter lets nodes read a graph output (the decoder
+    reads the present key it returns), which onnxconverter-common's fp16 pass breaks (it casts the output back
+    to float32 under the same name); with an Identity in between, the internal value keeps its own name."""
+    from onnx import helper
+
+    graph = model.graph
+    for value in graph.output:
+        internal = f"{value.name}/internal"
+        for node in graph.node:
+            node.input[:] = [internal if name == value.name else name for name in node.input]
+            node.output[:] = [internal if name == value.name else name for name in node.output]
+        graph.node.append(helper.make_node("Identity", [internal], [value.name], name=f"{value.name}/identity"))
+    return model
+
+
+def export_encoder(model, features: torch.Tensor):
+    batch = torch.export.Dim("batch_size")
+    return _to_onnx(EncoderGraph(model).eval(), (features,), ["input_features"], ["last_hidden_state"],
+                    ({0: batch},))
+
+
+def export_decoders(model, encoder_hidden_states: torch.Tensor):
+    """(decoder without past, decoder with past) as ModelProtos, to be merged."""
+    config = model.config
+    layers = config.decoder_layers
+    heads, head_dim = config.decoder_attention_heads, config.d_model // config.decoder_attention_heads
+    batch = torch.export.Dim("batch_size")
+    sequence = torch.export.Dim("decoder_sequence_length", max=config.max_target_positions)
+    encoder_positions = encoder_hidden_states.shape[1]
+    prompt = torch.full((1, 4), config.decoder_start_token_id, dtype=torch.long)
+    present = ["logits"] + past_names(layers, "present")
+    no_past = _to_onnx(DecoderGraph(model, False).eval(), (prompt, encoder_hidden_states),
+                       ["input_ids", "encoder_hidden_states"], present, ({0: batch, 1: sequence}, {0: batch}))
+
+    past_length = torch.export.Dim("past_sequence_length", max=config.max_target_positions)
+    past = []
+    for _ in range(layers):
+        past += [torch.zeros(1, heads, 4, head_dim), torch.zeros(1, heads, 4, head_dim),
+                 torch.zeros(1, heads, encoder_positions, head_dim), torch.zeros(1, heads, encoder_positions, head_dim)]
+    past_shapes = [{0: batch, 2: past_length}, {0: batch, 2: past_length}, {0: batch}, {0: batch}] * layers
+    present_self = ["logits"] + [name for name in past_names(layers, "present") if ".decoder." in name]
+    with_past = _to_onnx(DecoderGraph(model, True).eval(), (prompt[:, :1], encoder_hidden_states, *past),
+                         ["input_ids", "encoder_hidden_states"] + past_names(layers), present_self,
+                         ({0: batch}, {0: batch}, tuple(past_shapes)))  # *past is one argument to torch.export
+    return no_past, with_past
+
+
+# ----------------------------------------------------------------------------------------------- merging
+
+
+def _subgraph_names(graph) -> set:
+    """Every value a graph's nodes produce (outputs of nodes, recursively into nested subgraphs)."""
+    names = set()
+    for node in graph.node:
+        names.update(name for name in node.output if name)
+        for attribute in node.attribute:
+            subgraphs = ([attribute.g] if attribute.HasField("g") else []) + list(attribute.graphs)
+            for subgraph in subgraphs:
+                names |= _subgraph_names(subgraph)
+    return names
+
+
+def _rename(graph, mapping: Dict[str, str], node_prefix: str) -> None:
+    """Rename values in `graph` (nodes, outputs, value_info; recursively into subgraphs) by `mapping`."""
+    for node in graph.node:
+        node.input[:] = [mapping.get(name, name) for name in node.input]
+        node.output[:] = [mapping.get(name, name) for name in node.output]
+        if node.name:
+            node.name = node_prefix + node.name
+        for attribute in node.attribute:
+            if attribute.HasField("g"):
+                _rename(attribute.g, mapping, node_prefix)
+            for subgraph in attribute.graphs:
+                _rename(subgraph, mapping, node_prefix)
+    for value in list(graph.output) + list(graph.value_info):
+        value.name = mapping.get(value.name, value.name)
+
+
+def _shared_initializers(models) -> Dict[str, object]:
+    """Move every initializer of the given models' graphs into one table named by content (identical weights
+    of the two decoder graphs become one tensor); returns {name: TensorProto} and rewrites the references."""
+    table = {}
+    for model in models:
+        graph = model.graph
+        mapping = {}
+        for tensor in graph.initializer:
+            copy = type(tensor)()
+            copy.CopyFrom(tensor)
+            copy.name = ""
+            name = "shared." + hashlib.sha1(copy.SerializeToString(deterministic=True)).hexdigest()[:16]
+            mapping[tensor.name] = name
+            copy.name = name
+            table.setdefault(name, copy)
+        _rename(graph, mapping, "")
+        del graph.initializer[:]
+    return table
+
+
+def merge_decoders(no_past, with_past, layers: int):
+    """One decoder graph: `If(use_cache_branch)` chooses the with-past graph or the no-past graph.
+
+    Both branches read the outer graph's inputs by name and the shared weights; the with-past branch passes the
+    cross-attention keys/values it was given through as its `present.*.encoder.*` outputs (transformers.js and
+    optimum keep the ones from the first step anyway).
+    """
+    import onnx
+    from onnx import TensorProto, helper
+
+    branches = {"no_past": no_past, "with_past": with_past}
+    initializers = _shared_initializers(branches.values())
+    graph_inputs = {}
+    for prefix, model in branches.items():
+        graph = model.graph
+        for value in graph.input:
+            graph_inputs.setdefault(value.name, value)
+        produced = _subgraph_names(graph) | {value.name for value in graph.output}
+        _rename(graph, {name: f"{prefix}/{name}" for name in produced}, f"{prefix}/")
+
+    outputs = ["logits"] + past_names(layers, "present")
+    with_past_graph = with_past.graph
+    produced = {value.name.split("/", 1)[1]: value for value in with_past_graph.output}
+    ordered = []
+    for name in outputs:
+        if name in produced:
+            ordered.append(produced[name])
+        else:  # a cross-attention key/value: pass the past one through
+            source = name.replace("present", "past_key_values")
+            target = f"with_past/{name}"
+            with_past_graph.node.append(helper.make_node("Identity", [source], [target], name=f"with_past/{name}"))
+            value = onnx.ValueInfoProto()
+            value.CopyFrom(graph_inputs[source])
+            value.name = target
+            ordered.append(value)
+    del with_past_graph.output[:]
+    with_past_graph.output.extend(ordered)
+    no_past_outputs = {value.name.split("/", 1)[1]: value for value in no_past.graph.output}
+    reordered = [no_past_outputs[name] for name in outputs]
+    del no_past.graph.output[:]
+    no_past.graph.output.extend(reordered)
+    for graph in (with_past_graph, no_past.graph):
+        del graph.input[:]
+        del graph.value_info[:]  # optional shape hints, stale after an fp16 conversion; ONNX Runtime infers them
+        graph.name = graph.name or "branch"
+
+    use_cache = helper.make_tensor_value_info("use_cache_branch", TensorProto.BOOL, [1])
+    order = ["input_ids", "encoder_hidden_states"] + past_names(layers)
+    inputs = [graph_inputs[name] for name in order] + [use_cache]
+    merged_outputs = []
+    for name, value in zip(outputs, no_past.graph.output):
+        element = value.type.tensor_type.elem_type
+        shape = ["batch_size", "decoder_sequence_length", value.type.tensor_type.shape.dim[2].dim_value] \
+            if name == "logits" else ["batch_size", value.type.tensor_type.shape.dim[1].dim_value,
+                                      f"{name.split('.', 2)[2].split('.')[0]}_sequence_length_out",
+                                      value.type.tensor_type.shape.dim[3].dim_value]
+        merged_outputs.append(helper.make_tensor_value_info(name, element, shape))
+    node = helper.make_node("If", ["use_cache_branch"], outputs, name="optimum::if",
+                            then_branch=with_past_graph, else_branch=no_past.graph)
+    graph = helper.make_graph([node], "decoder_model_merged", inputs, merged_outputs,
+                              initializer=list(initializers.values()))
+    opsets = {}
+    for model in branches.values():
+        for opset in model.opset_import:
+            opsets[opset.domain] = max(opsets.get(opset.domain, 0), opset.version)
+    merged = helper.make_model(graph, opset_imports=[helper.make_opsetid(domain, version)
+                                                     for domain, version in opsets.items()],
+                               producer_name="lite-whisper")
+    merged.ir_version = max(model.ir_version for model in branches.values())
+    functions = {(function.domain, function.name): function for model in branches.values()
+                 for function in model.functions}
+    merged.functions.extend(functions.values())
+    return merged
+
+
+# ----------------------------------------------------------------------------------------------- variants
+
+
+def quantize_q8(source: Path, target: Path, widths: Sequence[int]) -> None:
+    """int8 dynamic quantisation of the MatMul/Gemm weights (per output column; activations per tensor at run time), except
+    the second factors of low-rank slots (`second_factor_matmuls`), which stay float32."""
+    import onnx
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    keep_float = second_factor_matmuls(onnx.load(str(source), load_external_data=False), widths)
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.ERROR)  # the quantizer advises pre-processing on every call (shape inference we do not need)
+    try:
+        quantize_dynamic(str(source), str(target), weight_type=QuantType.QInt8, per_channel=PER_CHANNEL,
+                         op_types_to_quantize=["MatMul", "Gemm"], nodes_to_exclude=keep_float)
+    finally:
+        root.setLevel(level)
+
+
+def second_factor_matmuls(model, widths: Sequence[int]) -> List[str]:
+    """Names of the MatMuls that multiply a rank-r activation by a low-rank slot's second factor [r, out].
+
+    Their input is x @ weight1, whose components are principal components of the layer's output: the first few
+    carry most of the variance, so one per-tensor int8 scale for the activation (what dynamic quantisation uses)
+    rounds the rest to nothing. Measured on a tiny.en preset: quantising them too took the encoder output's
+    relative error from 0.08 to 1.0; the dense layers and first factors quantise like stock Whisper's. Found by
+    shape: a MatMul weight whose input dimension is none of the layer `widths` (d_model, ffn_dim) is [rank, out]."""
+    initializers = {tensor.name: tuple(tensor.dims) for tensor in model.graph.initializer}
+    names = []
+    for node in model.graph.node:
+        weights = [initializers[name] for name in node.input[1:] if name in initializers]
+        if node.op_type == "MatMul" and weights and len(weights[0]) == 2 and weights[0][0] not in widths:
+            names.append(node.name)
+    return names
+
+
+def make_variant(dtype: str, source: Path, target: Path, widths: Sequence[int]) -> None:
+    if dtype == "q8":
+        quantize_q8(source, target, widths)
+    else:
+        convert_fp16(source, target)
+
+
+def convert_fp16(source: Path, target: Path) -> None:
+    """Weights and compute in float16; the graph's inputs and outputs stay float32."""
+    import onnx
+    from onnxconverter_common import float16
+
+    model = float16.convert_float_to_float16(onnx.load(str(source)), keep_io_types=True,
+                                             disable_shape_infer=True)
+    onnx.save(model, str(target))
+
+
+# ----------------------------------------------------------------------------------------------- checks
+
+
+def session(path: Path, threads: Optional[int] = None):
+    import onnxruntime
+
+    options = onnxruntime.SessionOptions()
+    if threads:
+        options.intra_op_num_threads = threads
+    return onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
+def empty_past(decoder_session, batch: int) -> Dict[str, np.ndarray]:
+    """Zero-length past key/values for the first step, shaped from the graph's input metadata (as transformers.js
+    does: batch_size resolved, every other named dimension 0)."""
+    feeds = {}
+    for value in decoder_session.get_inputs():
+        if value.name.startswith("past_key_values."):
+            shape = [dim if isinstance(dim, int) else (batch if dim == "batch_size" else 0) for dim in value.shape]
+            feeds[value.name] = np.zeros(shape, dtype=np.float32)
+    return feeds
+
+
+def relative_error(reference: np.ndarray, value: np.ndarray) -> float:
+    return float(np.max(np.abs(reference - value)) / max(float(np.max(np.abs(reference))), 1e-12))
+
+
+def check_variant(model, features: torch.Tensor, prompt: List[int], folder: Path, dtype: str, steps: int = 3) -> dict:
+    """Relative errors of one variant's encoder output and decoder logits (no past, then `steps` with past)
+    against PyTorch, on the given features and prompt; the PyTorch side follows its own greedy tokens."""
+    encoder = session(folder / file_name(ENCODER, dtype))
+    decoder = session(folder / file_name(DECODER, dtype))
+    with torch.inference_mode():
+        reference_states = model.get_encoder()(features).last_hidden_state
+    states = encoder.run(["last_hidden_state"], {"input_features": features.numpy()})[0]
+    errors = {"encoder": relative_error(reference_states.numpy(), states)}
+
+    tokens = torch.tensor([prompt], dtype=torch.long)
+    names = [value.name for value in decoder.get_outputs()]
+    feeds = {"input_ids": tokens.numpy(), "encoder_hidden_states": reference_states.numpy(),
+             "use_cache_branch": np.array([False]), **empty_past(decoder, 1)}
+    decoder_errors = []
+    for step in range(steps + 1):
+        with torch.inference_mode():
+            reference = model(encoder_outputs=(reference_states,), decoder_input_ids=tokens).logits[:, -1]
+        outputs = dict(zip(names, decoder.run(names, feeds)))
+        decoder_errors.append(relative_error(reference.numpy(), outputs["logits"][:, -1]))
+        next_token = reference.argmax(-1, keepdim=True)
+        tokens = torch.cat([tokens, next_token], dim=1)
+        feeds = {"input_ids": next_token.numpy(), "encoder_hidden_states": reference_states.numpy(),
+                 "use_cache_branch": np.array([True])}
+        feeds.update({name.replace("present", "past_key_values"): value for name, value in outputs.items()
+                      if name.startswith("present.")})
+    errors["decoder"] = max(decoder_errors)
+    return errors
+
+
+def decoder_prompt(model) -> List[int]:
+    """<|startoftranscript|> [<|en|> <|transcribe|>] <|notimestamps|>, as `generate` starts an English greedy decode."""
+    generation = model.generation_config
+    prompt = [model.config.decoder_start_token_id]
+    if getattr(generation, "is_multilingual", False) and getattr(generation, "lang_to_id", None):
+        prompt += [generation.lang_to_id["<|en|>"], generation.task_to_id["transcribe"]]
+    if getattr(generation, "no_timestamps_token_id", None) is not None:
+        prompt.append(generation.no_timestamps_token_id)
+    return prompt
+
+
+# ----------------------------------------------------------------------------------------------- the command
+
+
+def _check_clip(check_audio) -> Path:
+    path = Path(check_audio) if check_audio else DEFAULT_CHECK_AUDIO
+    if not path.is_file():
+        raise OnnxExportError(
+            f"the numerical check needs a real speech clip: {path} not found; pass --check-audio FILE (any speech)"
+        )
+    return path
+
+
+def export_onnx(model_path, out_dir=None, dtypes: Sequence[str] = DEFAULT_DTYPES, check_audio=None,
+                log=print) -> ExportReport:
+    """Write `onnx/` with the encoder, the merged decoder and their `dtypes` variants into `out_dir` (default: the
+    model's own folder), after checking every variant against PyTorch on `check_audio` (a speech file)."""
+    import onnx
+
+    from .audio import SAMPLING_RATE, load_audio
+
+    unknown = [dtype for dtype in dtypes if dtype not in SUFFIXES]
+    if unknown or not dtypes:
+        raise OnnxExportError(f"unknown dtype(s) {', '.join(unknown) or '(none given)'}; choose from "
+                              f"{', '.join(SUFFIXES)}")
+    if "fp32" not in dtypes:
+        dtypes = ["fp32", *dtypes]  # the other variants are made from it
+    model_path = Path(model_path)
+    if not (model_path / "config.json").is_file():
+        raise OnnxExportError(f"{model_path}: not a local model folder (no config.json)")
+    out_dir = Path(out_dir) if out_dir else model_path
+    clip = _check_clip(check_audio)
+
+    model, processor = _load_for_export(model_path)
+    audio = load_audio(clip)
+    features = processor.feature_extractor(audio, sampling_rate=SAMPLING_RATE, return_tensors="pt").input_features
+    out_dir.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{ONNX_FOLDER}.partial-", dir=out_dir))
+    report = ExportReport(folder=out_dir / ONNX_FOLDER, check_audio=str(clip))
+    try:
+        log("exporting the encoder (torch.onnx, dynamo)")
+        onnx.save(export_encoder(model, features), str(staging / file_name(ENCODER, "fp32")))
+        log("exporting the decoder without and with past key/values")
+        with torch.inference_mode():
+            states = model.get_encoder()(features).last_hidden_state
+        config = model.config
+        parts = dict(zip(("no_past", "with_past"), export_decoders(model, states)))
+        for name, part in parts.items():
+            onnx.save(part, str(staging / f"{name}.part"))
+        for dtype in dtypes:  # variants of the two decoder graphs are made apart, then merged
+            log(f"writing the {dtype} files")
+            if dtype != "fp32":
+                make_variant(dtype, staging / file_name(ENCODER, "fp32"), staging / file_name(ENCODER, dtype),
+                             (config.d_model, config.encoder_ffn_dim))
+                for name in parts:
+                    make_variant(dtype, staging / f"{name}.part", staging / f"{name}.{dtype}.part",
+                                 (config.d_model, config.decoder_ffn_dim))
+            suffix = "" if dtype == "fp32" else f".{dtype}"
+            merged = merge_decoders(onnx.load(str(staging / f"no_past{suffix}.part")),
+                                    onnx.load(str(staging / f"with_past{suffix}.part")), model.config.decoder_layers)
+            onnx.checker.check_model(merged)
+            onnx.save(merged, str(staging / file_name(DECODER, dtype)))
+        prompt = decoder_prompt(model)
+        for dtype in dtypes:
+            errors = check_variant(model, features, prompt, staging, dtype)
+            report.errors[dtype] = errors
+            log(f"check {dtype} on {clip.name}: encoder rel. error {errors['encoder']:.2e}, decoder logits "
+                f"{errors['decoder']:.2e} (tolerance {TOLERANCE[dtype]:.0e})")
+            for part, error in errors.items():
+                if not error <= TOLERANCE[dtype]:
+                    raise OnnxMismatchError(
+                        f"{file_name(ENCODER if part == 'encoder' else DECODER, dtype)}: its {part} output differs "
+                        f"from PyTorch by {error:.3g} (relative, max abs), above the {dtype} tolerance "
+                        f"{TOLERANCE[dtype]:g}; the export is wrong, nothing was written"
+                    )
+        for name in sorted(os.listdir(staging)):
+            if name.endswith(".onnx"):
+                report.files[f"{ONNX_FOLDER}/{name}"] = (staging / name).stat().st_size
+        _move_into_place(staging, out_dir / ONNX_FOLDER)
+        if out_dir.resolve() != model_path.resolve():  # the rest of the repo: weights, code, config, tokenizer...
+            for source in model_path.iterdir():
+                if source.is_file() and not source.name.startswith("."):
+                    shutil.copyfile(source, out_dir / source.name)
+        if not (out_dir / "preprocessor_config.json").is_file():  # transformers.js reads the feature extractor here
+            processor.feature_extractor.save_pretrained(out_dir)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return report
+
+
+def _move_into_place(staging: Path, target: Path) -> None:
+    """Move the staging folder's finished .onnx files into `target` (created when absent), replacing same-named
+    ones; the intermediate decoder graphs stay behind and are deleted with the staging folder."""
+    target.mkdir(parents=True, exist_ok=True)
+    for source in sorted(staging.glob("*.onnx")):
+        os.replace(source, target / source.name)

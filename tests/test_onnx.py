@@ -1,0 +1,252 @@
+"""ONNX export and runtimes: `lite-whisper export-onnx`, ONNX Runtime decoding (`--runtime onnx`) and transformers.js in
+Node, on a LiteWhisper repo built from the real tiny.en weights and real LibriSpeech clips."""
+
+import json
+import shutil
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+import soundfile
+import torch
+from compress_fixtures import write_tiny_base
+from conftest import REPO_ROOT, speech_set
+from test_pipeline import build_lite_repo
+
+from lite_whisper_convert import onnx_export
+from lite_whisper_convert.audio import iter_audio_folder
+from lite_whisper_convert.cli import main
+from lite_whisper_convert.evaluation import generation_kwargs, load_model, word_error_rate
+from lite_whisper_convert.onnx_export import OnnxExportError, OnnxMismatchError, export_onnx
+from lite_whisper_convert.onnx_runtime import OnnxRuntimeError, load_onnx_model
+
+JS_CLIENT = REPO_ROOT / "tests" / "js"
+ATTENTION_RANK, MLP_RANK = 256, 320
+
+
+@pytest.fixture(scope="module")
+def clips():
+    return list(iter_audio_folder(speech_set("librispeech-test-clean-mini")))
+
+
+@pytest.fixture(scope="module")
+def exported(tiny_en_dir, clips, tmp_path_factory):
+    """A LiteWhisper repo (SVD cuts of real tiny.en) with its fp32 and q8 ONNX files, exported once."""
+    folder = build_lite_repo(tiny_en_dir, tmp_path_factory.mktemp("lite-onnx") / "lite-tiny.en",
+                             attention_rank=ATTENTION_RANK, mlp_rank=MLP_RANK)
+    check = speech_set("librispeech-test-clean-mini") / clips[0].name
+    report = export_onnx(folder, dtypes=("fp32", "q8"), check_audio=check, log=lambda *_: None)
+    return folder, report
+
+
+def _generated(tokens, end):
+    tokens = list(tokens)
+    return tokens[: tokens.index(end)] if end in tokens else tokens
+
+
+def test_export_writes_the_files_transformers_js_reads(exported):
+    folder, report = exported
+    names = sorted(path.name for path in (folder / "onnx").iterdir())
+    assert names == ["decoder_model_merged.onnx", "decoder_model_merged_quantized.onnx", "encoder_model.onnx",
+                     "encoder_model_quantized.onnx"]
+    assert report.errors["fp32"]["encoder"] < 1e-4 and report.errors["fp32"]["decoder"] < 1e-4
+    assert (folder / "preprocessor_config.json").is_file() and (folder / "tokenizer.json").is_file()
+
+    decoder = onnx.load(str(folder / "onnx" / "decoder_model_merged.onnx"), load_external_data=False)
+    inputs = {value.name: [d.dim_param or d.dim_value for d in value.type.tensor_type.shape.dim]
+              for value in decoder.graph.input}
+    assert list(inputs)[:2] == ["input_ids", "encoder_hidden_states"] and "use_cache_branch" in inputs
+    # transformers.js builds the first step's empty past from these shapes: batch_size named, heads and head_dim fixed
+    assert inputs["past_key_values.3.decoder.key"][0] == "batch_size"
+    assert inputs["past_key_values.3.decoder.key"][1:2] == [6] and inputs["past_key_values.3.encoder.value"][3] == 64
+    outputs = [value.name for value in decoder.graph.output]
+    assert outputs[0] == "logits" and "present.0.encoder.key" in outputs and "present.3.decoder.value" in outputs
+    assert [node.op_type for node in decoder.graph.node] == ["If"]
+
+
+def test_low_rank_slots_stay_two_matmuls(exported):
+    folder, _ = exported
+    encoder = onnx.load(str(folder / "onnx" / "encoder_model.onnx"))
+    shapes = [tuple(tensor.dims) for tensor in encoder.graph.initializer]
+    d, ffn, layers = 384, 1536, 4
+    for first, second in [((d, ATTENTION_RANK), (ATTENTION_RANK, d)), ((d, MLP_RANK), (MLP_RANK, ffn)),
+                          ((ffn, MLP_RANK), (MLP_RANK, d))]:
+        assert shapes.count(first) + shapes.count(first[::-1]) >= layers, first
+        assert shapes.count(second) + shapes.count(second[::-1]) >= layers, second
+    assert (d, d) not in shapes and (d, ffn) not in shapes and (ffn, d) not in shapes  # no dense slot left
+
+
+def test_onnx_runtime_decodes_token_for_token_like_generate(exported, clips):
+    folder, _ = exported
+    model, processor = load_model(folder, device="cpu")
+    onnx_model, _ = load_onnx_model(folder)
+    features = processor.feature_extractor([clip.audio for clip in clips], sampling_rate=16000,
+                                           return_tensors="pt").input_features
+    kwargs = generation_kwargs(model, "en")
+    with torch.inference_mode():
+        reference = model.generate(features, **kwargs)
+    tokens = onnx_model.generate(features, **kwargs)
+    end = model.generation_config.eos_token_id
+    for expected, got in zip(reference.tolist(), tokens.tolist()):
+        assert len(_generated(expected, end)) > 5
+        assert _generated(got, end) == _generated(expected, end)
+
+
+def test_eval_with_runtime_onnx_reports_the_same_wer(exported, tmp_path, capsys):
+    folder, _ = exported
+    data = str(speech_set("librispeech-test-clean-mini"))
+    for runtime, dtype in (("torch", "fp32"), ("onnx", "fp32"), ("onnx", "q8")):
+        assert main(["eval", str(folder), "--data", data, "--runtime", runtime, "--onnx-dtype", dtype,
+                     "--no-progress", "--json", str(tmp_path / f"{runtime}-{dtype}.json")]) == 0
+    torch_result, fp32, q8 = (json.loads((tmp_path / name).read_text())
+                              for name in ("torch-fp32.json", "onnx-fp32.json", "onnx-q8.json"))
+    assert fp32["runtime"] == {"name": "onnxruntime", "onnx_dtype": "fp32"} and "runtime" not in torch_result
+    assert fp32["mean_wer"] == pytest.approx(torch_result["mean_wer"])
+    assert fp32["encoder_params"] == torch_result["encoder_params"]
+    assert fp32["decoder_params"] == torch_result["decoder_params"]
+    assert q8["mean_wer"] <= torch_result["mean_wer"] + 10.0  # 4 clips, ~80 words: one word is 1.2 points
+
+
+def test_transcribe_command_with_runtime_onnx(exported, clips, capsys):
+    folder, _ = exported
+    clip = speech_set("librispeech-test-clean-mini") / clips[1].name
+    assert main(["transcribe", str(folder), str(clip), "--runtime", "onnx"]) == 0
+    name, text = capsys.readouterr().out.strip().split("\t")
+    assert Path(name).name == clip.name and word_error_rate([clips[1].text], [text]) < 30
+
+
+def test_onnx_runtime_names_what_it_cannot_do(exported, tmp_path):
+    folder, _ = exported
+    with pytest.raises(OnnxRuntimeError, match="export-onnx"):
+        load_onnx_model(folder, dtype="fp16")  # not exported in the fixture
+    model, processor = load_onnx_model(folder)
+    features = torch.zeros(1, 80, 3000)
+    with pytest.raises(OnnxRuntimeError, match="num_beams"):
+        model.generate(features, num_beams=4)
+    assert main(["transcribe", str(tmp_path), "x.wav", "--runtime", "onnx"]) == 2
+
+
+# ----------------------------------------------------------------------------------------------- transformers.js
+
+
+def _node_transcripts(folder, clips, tmp_path, dtype):
+    if shutil.which("node") is None:
+        pytest.skip("node is not installed: the transformers.js client cannot run (install Node.js 18+)")
+    if not (JS_CLIENT / "node_modules" / "@huggingface" / "transformers").is_dir():
+        pytest.fail(f"transformers.js is not installed: run `npm ci --ignore-scripts` in {JS_CLIENT}")
+    files = []
+    for clip in clips:
+        path = tmp_path / Path(clip.name).with_suffix(".wav").name
+        soundfile.write(path, clip.audio, 16000, subtype="FLOAT")
+        files.append(str(path))
+    completed = subprocess.run(["node", "transcribe.mjs", str(folder), "--dtype", dtype, *files], cwd=JS_CLIENT,
+                               capture_output=True, text=True, timeout=600)
+    assert completed.returncode == 0, completed.stderr[-2000:]
+    return [result["text"] for result in json.loads(completed.stdout.strip().splitlines()[-1])["results"]]
+
+
+@pytest.mark.parametrize("dtype", ["fp32", "q8"])
+def test_transformers_js_transcribes_like_pytorch(exported, clips, tmp_path, dtype):
+    folder, _ = exported
+    model, processor = load_model(folder, device="cpu")
+    features = processor.feature_extractor([clip.audio for clip in clips], sampling_rate=16000,
+                                           return_tensors="pt").input_features
+    with torch.inference_mode():
+        tokens = model.generate(features, **generation_kwargs(model, "en"))
+    expected = [text.strip() for text in processor.batch_decode(tokens, skip_special_tokens=True)]
+    texts = _node_transcripts(folder, clips, tmp_path, dtype)
+    references = [clip.text for clip in clips]
+    if dtype == "fp32":
+        assert texts == expected  # same greedy tokens, same text
+    else:
+        assert word_error_rate(references, texts) <= word_error_rate(references, expected) + 10.0
+
+
+# ----------------------------------------------------------------------------------------------- bad input
+
+
+@pytest.fixture
+def tiny_base(tmp_path):
+    folder = tmp_path / "tiny-whisper"
+    write_tiny_base(folder)
+    return folder
+
+
+@pytest.fixture
+def speech_clip(clips):
+    return speech_set("librispeech-test-clean-mini") / clips[0].name
+
+
+def test_a_wrong_graph_is_a_named_error_and_nothing_is_written(tiny_base, speech_clip, monkeypatch):
+    real_export = onnx_export.export_encoder
+
+    def export_a_different_encoder(model, features):  # as if the exporter mistranslated one weight
+        with torch.no_grad():
+            model.get_encoder().layer_norm.weight.mul_(2.0)
+            try:
+                return real_export(model, features)
+            finally:
+                model.get_encoder().layer_norm.weight.div_(2.0)
+
+    monkeypatch.setattr(onnx_export, "export_encoder", export_a_different_encoder)
+    with pytest.raises(OnnxMismatchError, match="encoder_model.onnx"):
+        export_onnx(tiny_base, dtypes=("fp32",), check_audio=speech_clip, log=lambda *_: None)
+    assert not (tiny_base / "onnx").exists()
+    assert not [path for path in tiny_base.iterdir() if path.name.startswith(".onnx")]
+
+
+def test_export_command_rejects_bad_input(tiny_base, tmp_path, capsys):
+    assert main(["export-onnx", str(tmp_path / "missing")]) == 2
+    assert "no config.json" in capsys.readouterr().err
+    assert main(["export-onnx", str(tiny_base), "--check-audio", str(tmp_path / "none.flac")]) == 2
+    assert "--check-audio" in capsys.readouterr().err
+    with pytest.raises(OnnxExportError, match="unknown dtype"):
+        export_onnx(tiny_base, dtypes=("int3",))
+
+
+def test_stock_whisper_exports_and_decodes(tiny_base, speech_clip, tmp_path):
+    out = tmp_path / "repo"
+    report = export_onnx(tiny_base, out_dir=out, dtypes=("fp32", "fp16"), check_audio=speech_clip,
+                         log=lambda *_: None)
+    assert set(report.files) == {"onnx/encoder_model.onnx", "onnx/decoder_model_merged.onnx",
+                                 "onnx/encoder_model_fp16.onnx", "onnx/decoder_model_merged_fp16.onnx"}
+    assert (out / "config.json").is_file() and (out / "preprocessor_config.json").is_file()
+    assert report.errors["fp16"]["decoder"] < onnx_export.TOLERANCE["fp16"]
+    model, processor = load_onnx_model(out, dtype="fp16")
+    features = processor.feature_extractor(np.zeros(8000, dtype=np.float32), sampling_rate=16000,
+                                           return_tensors="pt").input_features
+    assert model.generate(features).shape[0] == 1
+
+
+# ----------------------------------------------------------------------------------------------- card and push
+
+
+def test_card_lists_the_onnx_runtimes_and_tags(exported, tiny_en_dir, tmp_path):
+    from huggingface_hub import ModelCard
+
+    from lite_whisper_convert.cards import render_card
+    from lite_whisper_convert.evaluation import evaluate, write_results
+
+    folder, _ = exported
+    data = str(speech_set("librispeech-test-clean-mini"))
+    results = [write_results(evaluate(str(path), [data], limit=1, progress=False), tmp_path / f"{index}.json")
+               for index, path in enumerate((tiny_en_dir, folder))]
+    render_card(folder, results, base_model="openai/whisper-tiny.en", repo_id="someone/lite-tiny.en-onnx",
+                write=True)
+    card = ModelCard.load(folder / "README.md")
+    assert {"onnx", "transformers.js"} <= set(card.data.tags)
+    assert 'pipeline("automatic-speech-recognition", "someone/lite-tiny.en-onnx", { dtype: "q8" })' in card.text
+    assert "variants: fp32, q8" in card.text and "--runtime onnx --onnx-dtype q8" in card.text
+
+
+def test_push_uploads_onnx_files_and_wants_them_in_pairs(exported, tmp_path):
+    from lite_whisper_convert.hub import missing_files, upload_files
+
+    folder, _ = exported
+    assert {"onnx/encoder_model.onnx", "onnx/decoder_model_merged_quantized.onnx"} <= set(upload_files(folder))
+    copy = tmp_path / "copy"
+    shutil.copytree(folder, copy)
+    (copy / "onnx" / "decoder_model_merged_quantized.onnx").unlink()
+    assert any("onnx/decoder_model_merged_quantized.onnx" in problem for problem in missing_files(copy))
