@@ -106,6 +106,7 @@ class Stats:
     explained_variance: Dict[SlotKey, torch.Tensor] = field(default_factory=dict)
     sensitivity: Dict[SlotKey, float] = field(default_factory=dict)
     sensitivity_probe: dict = field(default_factory=dict)
+    mix: dict = field(default_factory=dict)  # {"balance", "languages": {code: clips}, "sources": {name: clips}}
 
     @property
     def frames_seen(self) -> int:
@@ -344,6 +345,7 @@ def save_stats(stats: Stats, path) -> Path:
         "counts": {f"{layer_index}.{slot}": sums.count for (layer_index, slot), sums in stats.slots.items()},
         "sensitivity": {f"{layer_index}.{slot}": value for (layer_index, slot), value in stats.sensitivity.items()},
         "sensitivity_probe": stats.sensitivity_probe,
+        "mix": stats.mix,
     }
     path.parent.mkdir(parents=True, exist_ok=True)
     handle, staging = tempfile.mkstemp(prefix=f".{path.name}.partial-", dir=path.parent)
@@ -394,6 +396,7 @@ def load_stats(path, identity: Optional[dict] = None) -> Stats:
         explained_variance={key: curves[key] for key in sorted(curves, key=_slot_order)},
         sensitivity={key: sensitivity[key] for key in sorted(sensitivity, key=_slot_order)},
         sensitivity_probe=header.get("sensitivity_probe", {}),
+        mix=header.get("mix", {}),
     )
     if identity is not None:
         check_identity(stats, identity)

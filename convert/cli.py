@@ -226,9 +226,15 @@ def _add_compress(subparsers) -> None:
     parser.add_argument("--policy", choices=("sensitivity", "threshold"), default="sensitivity",
                         help="how a preset or size target is spent: 'sensitivity' (default) allocates ranks by "
                         "measured decoder sensitivity, 'threshold' is the original LiteASR explained-variance rule")
-    parser.add_argument("--calibration", metavar="DATA", default=None,
-                        help="audio folder (any sample rate; metadata.csv optional) or hf://OWNER/NAME[:CONFIG]/SPLIT "
-                        "(default: hf://openslr/librispeech_asr:clean/train.100)")
+    parser.add_argument("--calibration", metavar="DATA", action="append", default=None,
+                        help="audio folder (any sample rate; metadata.csv optional, with a `language` column for "
+                        "multilingual audio) or hf://OWNER/NAME[:CONFIG]/SPLIT; repeat to mix several sources (see "
+                        "--calibration-balance). Default: LibriSpeech (hf://openslr/librispeech_asr:clean/train.100) for "
+                        "English-only models; for multilingual ones LibriSpeech plus Multilingual LibriSpeech in 7 languages")
+    parser.add_argument("--calibration-balance", choices=("language", "source"), default="language",
+                        help="how clips of several sources or languages are interleaved: 'language' (default) gives "
+                        "each language an equal share (a source without a language column counts as one language), "
+                        "'source' each source")
     parser.add_argument("--num-samples", type=int, default=100, help="calibration clips (default 100)")
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--stats", metavar="FILE",
@@ -259,7 +265,6 @@ def _add_compress(subparsers) -> None:
 def _run_compress(args) -> int:
     import torch
 
-    from .audio import DEFAULT_CALIBRATION
     from .compress import DTYPES, compress
     from .ranks import RankPolicyError, Thresholds
 
@@ -270,7 +275,7 @@ def _run_compress(args) -> int:
         device = _device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"), processes)
         dtype = DTYPES[args.dtype] if args.dtype else (torch.float32 if device == "cpu" else torch.float16)
         result = compress(
-            args.model, args.out, calibration=args.calibration or DEFAULT_CALIBRATION, preset=args.preset,
+            args.model, args.out, calibration=args.calibration, balance=args.calibration_balance, preset=args.preset,
             thresholds=thresholds, target_encoder_params=args.target_encoder_params, policy=args.policy,
             num_samples=args.num_samples, batch_size=args.batch_size, stats_path=args.stats, frames=args.frames,
             device=device, dtype=dtype, seed=args.seed, probe_clips=args.probe_clips,

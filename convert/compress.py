@@ -24,6 +24,7 @@ the current stages draws random numbers; a recovery step would).
 import dataclasses
 import logging
 import random
+from collections import Counter
 from dataclasses import dataclass
 from itertools import islice
 from pathlib import Path
@@ -32,7 +33,14 @@ from typing import Callable, List, Optional
 import numpy as np
 import torch
 
-from .audio import DEFAULT_CALIBRATION, iter_utterances, source_name
+from .audio import (
+    DEFAULT_BALANCE,
+    DEFAULT_CALIBRATION,
+    DEFAULT_MULTILINGUAL_CALIBRATION,
+    calibration_sources,
+    iter_calibration,
+    mix_name,
+)
 from .calibration import (
     DEFAULT_FRAMES,
     StatsMismatchError,
@@ -86,27 +94,48 @@ def load_base(model_id_or_path: str, device: str = "cpu", dtype: torch.dtype = t
 
 
 class _FirstClips:
-    """Pass utterances through, keeping the first `count` (for the sensitivity probe and the smoke test)."""
+    """Pass utterances through, keeping the first `count` (for the sensitivity probe and the smoke test) and
+    counting every clip by language and by source (for the recipe)."""
 
     def __init__(self, utterances, count: int):
         self.utterances, self.count, self.kept = utterances, count, []
+        self.seen = []  # (language or "unknown", source) per clip
 
     def __iter__(self):
         for utterance in self.utterances:
             if len(self.kept) < self.count:
                 self.kept.append(utterance)
+            self.seen.append((utterance.language or "unknown", utterance.source or ""))
             yield utterance
 
 
-def first_clips(calibration: str, count: int) -> list:
-    """The first `count` clips of a calibration source."""
-    return list(islice(iter_utterances(calibration), count))
+def default_calibration(model) -> tuple:
+    """The calibration sources a model gets when none are named: LibriSpeech for English-only models, a mix of
+    languages (audio.DEFAULT_MULTILINGUAL_CALIBRATION) for multilingual ones."""
+    multilingual = getattr(model.generation_config, "is_multilingual", None)
+    if multilingual is None:
+        multilingual = bool(getattr(model.generation_config, "lang_to_id", None))
+    return DEFAULT_MULTILINGUAL_CALIBRATION if multilingual else (DEFAULT_CALIBRATION,)
+
+
+def calibration_mix(seen, balance: str) -> dict:
+    """What calibration ran on, for the recipe: the balance and clip counts by language and by source."""
+    def counts(values) -> dict:
+        return dict(sorted(Counter(values).items(), key=lambda item: (-item[1], item[0])))
+
+    return {"balance": balance, "languages": counts(language for language, _ in seen),
+            "sources": counts(source for _, source in seen)}
+
+
+def first_clips(calibration, count: int, balance: str = DEFAULT_BALANCE) -> list:
+    """The first `count` clips of a calibration source or mix of sources (the mix `compress` calibrates on)."""
+    return list(islice(iter_calibration(calibration, balance=balance), count))
 
 
 def prepare_stats(
     model,
     feature_extractor,
-    calibration: str = DEFAULT_CALIBRATION,
+    calibration=DEFAULT_CALIBRATION,
     num_samples: int = 100,
     batch_size: int = 8,
     frames: Optional[str] = None,
@@ -118,12 +147,14 @@ def prepare_stats(
     probe_level: float = DEFAULT_LEVEL,
     progress: bool = True,
     processes: Optional[Processes] = None,
+    balance: str = DEFAULT_BALANCE,
 ):
     """(Stats with explained-variance curves and, if `sensitivity`, sensitivities; spectra by slot; kept clips).
 
     With an existing `stats_path` the sums come from that file (a file from another model raises
-    StatsMismatchError); otherwise calibration runs on the first `num_samples` clips of `calibration`, over
-    `frames` (None: `default_frames`). Anything derived that the file lacks is computed and the file is
+    StatsMismatchError); otherwise calibration runs on the first `num_samples` clips of `calibration` (one
+    source or several, interleaved as `balance` says: audio.iter_calibration), over `frames` (None:
+    `default_frames`); `stats.mix` records the clips by language and source. Anything derived that the file lacks is computed and the file is
     rewritten (by the main process); a new file is written only when complete.
 
     Under data parallelism (`processes` with count > 1) each process calibrates on its shard of the clips (every
@@ -150,16 +181,17 @@ def prepare_stats(
                     stats.calibration)
         changed = False
     else:
-        clips = _FirstClips(iter_utterances(calibration, limit=num_samples, shard=processes.shard),
+        clips = _FirstClips(iter_calibration(calibration, limit=num_samples, shard=processes.shard, balance=balance),
                             max(own_probe_clips, 1))
         stats = processes.run(
             lambda: collect_stats(model, feature_extractor, clips, batch_size=batch_size, frames=frames or default_frames,
                                   progress=progress, total=len(range(index, num_samples, count)), name=name,
-                                  calibration=source_name(calibration)),
+                                  calibration=mix_name(calibration)),
             "calibration",
         )
         if count > 1:
             reduce_stats(stats, processes.sum_in_place)
+        stats.mix = calibration_mix(processes.gather(clips.seen), balance)
         changed = True
     device = next(model.parameters()).device
     by_slot = spectra(stats, model.config, device=device if device.type == "cuda" else None, progress=progress)
@@ -167,13 +199,14 @@ def prepare_stats(
         attach_explained_variance(stats, by_slot)
         changed = True
     if sensitivity and not stats.sensitivity:
-        # The first `probe_clips` clips of the source, split across processes as calibration split them.
-        probe_audio = clips.kept[:own_probe_clips] or first_clips(calibration, probe_clips)[index::count]
+        # The first `probe_clips` clips of the mix, split across processes as calibration split them; each is
+        # transcribed in its own language (given by its source, else detected).
+        probe_audio = clips.kept[:own_probe_clips] or first_clips(calibration, probe_clips, balance)[index::count]
         probes = processes.run(lambda: probe_set(model, feature_extractor, probe_audio, batch_size=batch_size),
                                "sensitivity probe")
         stats.sensitivity = measure_sensitivity(model, probes, by_slot, level=probe_level, progress=progress,
                                                 processes=processes)
-        stats.sensitivity_probe = probe_description(probes, probe_level, source_name(calibration), processes)
+        stats.sensitivity_probe = probe_description(probes, probe_level, mix_name(calibration), processes)
         changed = True
     if stats_path is not None and changed and processes.is_main:
         save_stats(stats, stats_path)
@@ -183,7 +216,7 @@ def prepare_stats(
 def compress(
     model: str,
     out_dir,
-    calibration: str = DEFAULT_CALIBRATION,
+    calibration=None,
     preset: Optional[str] = None,
     thresholds: Optional[Thresholds] = None,
     target_encoder_params=None,
@@ -203,8 +236,13 @@ def compress(
     recovery: str = "auto",
     recover_steps: Optional[int] = None,
     processes: Optional[Processes] = None,
+    balance: str = DEFAULT_BALANCE,
 ) -> CompressResult:
     """Stock Whisper (`model`: Hub id or folder) -> LiteWhisper repo at `out_dir`.
+
+    `calibration`: a local audio folder or `hf://` dataset, or a list of them mixed as `balance` says
+    (audio.BALANCES); None: `default_calibration(model)`, a mix of languages for a multilingual model. The
+    sensitivity probe and recovery run on the same mix.
 
     Exactly one of `preset` ("acc" | "balanced" | "fast"), `thresholds` or `target_encoder_params` (a count, or
     a ratio of the stock encoder) chooses the ranks, with `policy` "sensitivity" (default) or "threshold".
@@ -224,12 +262,13 @@ def compress(
     out_dir = check_output(out_dir, overwrite)
     seed_everything(seed)
     base, feature_extractor = load_base(model, device, dtype)
+    calibration = calibration_sources(calibration if calibration is not None else default_calibration(base))
     check_request(base.config, preset, thresholds, target_encoder_params, policy)
     effective_policy = "threshold" if thresholds is not None else policy
     stats, by_slot, kept = prepare_stats(
         base, feature_extractor, calibration, num_samples, batch_size, frames, stats_path, name=str(model),
         default_frames=DEFAULT_FRAMES_BY_POLICY[effective_policy], sensitivity=effective_policy == "sensitivity",
-        probe_clips=probe_clips, progress=progress, processes=processes,
+        probe_clips=probe_clips, progress=progress, processes=processes, balance=balance,
     )
     stats = dataclasses.replace(stats, slots={})  # the float64 sums are no longer needed: free them
     low_rank_config, rank_policy = plan_ranks(stats, base.config, preset, thresholds, target_encoder_params, policy)
@@ -240,7 +279,8 @@ def compress(
     recovery_report = None
     if recovery_settings is not None:
         # Every process passes the same clips; recovery takes its own shard of them.
-        clips = kept if len(kept) >= num_samples and processes.count == 1 else first_clips(calibration, num_samples)
+        clips = (kept if len(kept) >= num_samples and processes.count == 1
+                 else first_clips(calibration, num_samples, balance))
         recovery_report = recover_encoder(lite, base, feature_extractor, clips, recovery_settings, processes=processes,
                                           progress=progress)
         del clips
@@ -254,7 +294,9 @@ def compress(
         rank_policy=rank_policy,
         seed=seed,
         calibration_dtype=str(dtype).removeprefix("torch."),
-        extra={"recovery": recovery_recipe(recovery_report, source_name(calibration))},
+        extra={"recovery": recovery_recipe(recovery_report, mix_name(calibration)),
+               **({"calibration_mix": stats.mix} if stats.mix else {}),
+               **({"sensitivity_probe": stats.sensitivity_probe} if stats.sensitivity_probe else {})},
     )
 
     def write_repo():
@@ -262,7 +304,7 @@ def compress(
             return out_dir, None
         smoke_clip = None
         if smoke_test:
-            smoke_clip = kept[0] if kept else first_clips(calibration, 1)[0]
+            smoke_clip = kept[0] if kept else first_clips(calibration, 1, balance)[0]
         return export(lite.to("cpu"), out_dir, str(model), recipe, base_config=base.config, smoke_clip=smoke_clip,
                       overwrite=overwrite)
 
