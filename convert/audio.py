@@ -49,6 +49,7 @@ class Utterance:
     text: Optional[str] = None
     language: Optional[str] = None  # Whisper language code ("de") when the source states it
     source: Optional[str] = None  # the source it came from (set by iter_calibration)
+    detected_language: Optional[str] = None  # what a model identified (set by evaluation in detect mode)
 
     @property
     def seconds(self) -> float:

@@ -22,8 +22,9 @@ def _add_eval(subparsers) -> None:
     parser = subparsers.add_parser(
         "eval",
         help="WER, RTFx, encoder size and FLOPs of a Whisper or LiteWhisper model",
-        description="Transcribe each data set with greedy decoding and report corpus WER (percent, after Whisper's "
-        "English normaliser on both sides), its unweighted mean over sets, RTFx, encoder parameters and GFLOPs.",
+        description="Transcribe each data set with greedy decoding and report its corpus error rate in its language "
+        "(WER, or CER for languages written without spaces; Whisper's English normaliser for English, its basic "
+        "normaliser otherwise), their unweighted mean over sets, RTFx, encoder parameters and GFLOPs.",
     )
     parser.add_argument("model", help="Whisper or LiteWhisper folder or Hub id")
     parser.add_argument(
@@ -33,7 +34,10 @@ def _add_eval(subparsers) -> None:
     )
     parser.add_argument("--limit", type=int, help="at most N utterances per data set")
     parser.add_argument("--batch-size", type=int, default=8)
-    parser.add_argument("--language", default="en", help="for multilingual models (ignored by .en models)")
+    parser.add_argument("--language", default=None,
+                        help="multilingual models: force this language (en, de, ...) on every set; default: each set's "
+                        "own (metadata.csv `language` column, else en); 'detect': the model identifies each "
+                        "utterance's language and the results report identification accuracy")
     parser.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda when available)")
     parser.add_argument("--dtype", choices=("float32", "float16", "bfloat16"),
                         help="default: float32 on CPU, float16 on GPU")
