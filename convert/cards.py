@@ -184,8 +184,7 @@ def eval_results(result: ModelResult):
     results = []
     for name, data in result.datasets.items():
         metadata = dataset_metadata(name, data)
-        metadata.setdefault("dataset_config", None)
-        if metadata["dataset_config"] is None and name not in KNOWN_SETS:
+        if name not in KNOWN_SETS and not data.get("source", "").startswith("hf://"):
             metadata["dataset_config"] = set_language(data)  # a local set: its language, as Common Voice's configs
         metric = set_metric(data)
         results.append(EvalResult(
