@@ -201,7 +201,15 @@ def test_real_base_probe_transcribes_each_clip_in_its_own_language(base_dir):
                                 limit=4))
     assert [clip.language for clip in mix] == [None, "de", "el", "es"]  # LibriSpeech says nothing: detected
     model, feature_extractor = load_base(str(base_dir))
+    detect_language, identified = model.detect_language, []
+
+    def counted_detect_language(input_features=None, **kwargs):  # the real detection, counted
+        identified.append(input_features.shape[0])
+        return detect_language(input_features=input_features, **kwargs)
+
+    model.detect_language = counted_detect_language
     probes = probe_set(model, feature_extractor, mix, batch_size=4)
+    assert identified == [1]  # only the clip whose source does not say is identified; the others keep theirs
     assert probes.languages == ["en", "de", "el", "es"] and probes.detected == 1
     tokenizer = WhisperTokenizer.from_pretrained(str(base_dir))
     prompts = [tokenizer.convert_ids_to_tokens(ids[:2].tolist())[1] for ids in probes.decoder_ids]
