@@ -101,6 +101,7 @@ def _register_whisper_preprocessing() -> None:
     """
     import transformers
 
+    transformers.AutoConfig.register(LiteWhisperConfig.model_type, LiteWhisperConfig, exist_ok=True)
     transformers.AutoFeatureExtractor.register(LiteWhisperConfig, transformers.WhisperFeatureExtractor, exist_ok=True)
     transformers.AutoProcessor.register(LiteWhisperConfig, transformers.WhisperProcessor, exist_ok=True)
     transformers.AutoTokenizer.register(

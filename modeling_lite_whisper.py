@@ -52,13 +52,14 @@ AUTO_MAP = {
 # its dense product. For inference, a layer whose factored FLOPs exceed this fraction of the dense FLOPs is
 # multiplied back into one dense weight (in memory only). CPU: measured with benchmarks/layout_threshold.py
 # (tiny to small shapes, batch 1 and 8, fp32: the median factored/dense time ratio reaches 1 at FLOP ratio
-# 0.9). CUDA: an estimate until measured there (thin fp16 GEMMs lose more on GPUs). Other devices use the CPU value.
+# 0.9). CUDA: an estimate, not yet measured (thin fp16 GEMMs lose more on GPUs; benchmarks/gpu_check.py measures
+# it). Other devices use the CPU value.
 MERGE_ABOVE_FLOP_RATIO = {"cpu": 0.9, "cuda": 0.6}
 
 # A layer runs attention in the reduced dimension (ReducedAttention) where that needs at most this fraction of the
 # per-head form's FLOPs. CPU: measured with benchmarks/reduced_attention.py (tiny to large-v3 shapes, batch 1
 # and 8, fp32): every case up to a FLOP ratio of 0.98 ran faster reduced (time ratio at most 0.97), while at 1.19
-# it ran 0-10 % slower. CUDA: an estimate until measured there, kept below the CPU value.
+# it ran 0-10 % slower. CUDA: an estimate, not yet measured (benchmarks/gpu_check.py), kept below the CPU value.
 REDUCED_ATTENTION_BELOW_FLOP_RATIO = {"cpu": 1.0, "cuda": 0.9}
 
 
@@ -403,8 +404,52 @@ def _materialize(module: nn.Module, device: torch.device) -> None:
     module.post_init()
 
 
+class LiteWhisperLoadError(ValueError):
+    """The checkpoint does not match its `low_rank_config` exactly, or holds NaN/inf weights."""
+
+
+# Checkpoint keys a model may lack without loading anything wrong: the output projection tied to the decoder's
+# embedding (the published repos omit it) and the encoder's fixed sinusoidal position table.
+_DERIVED_KEYS = ("proj_out.weight", "model.encoder.embed_positions.weight", "encoder.embed_positions.weight")
+
+
+def check_loaded_weights(model: nn.Module, loading_info: dict, source: str = "the checkpoint") -> None:
+    """Raise `LiteWhisperLoadError` unless the weights of `source` fill `model` exactly and are all finite.
+
+    transformers only warns about a missing key (it initialises that tensor at random), an unexpected one (it
+    drops it) or, on request, a mis-shaped one; for LiteWhisper each of these means the checkpoint and its
+    `low_rank_config` disagree (a slot added, removed or re-ranked), and the model would transcribe garbage.
+    """
+    def names(key):
+        return sorted(entry if isinstance(entry, str) else entry[0] for entry in loading_info.get(key) or ())
+
+    missing = [name for name in names("missing_keys") if name not in _DERIVED_KEYS]
+    unexpected, mismatched = names("unexpected_keys"), names("mismatched_keys")
+    problems = [f"{label}: {', '.join(found[:4])}" + (f" and {len(found) - 4} more" if len(found) > 4 else "")
+                for label, found in (("missing from the weights", missing), ("not expected by the config", unexpected),
+                                     ("with a shape other than the config's", mismatched)) if found]
+    if problems:
+        raise LiteWhisperLoadError(
+            f"{source}: the weights do not match config.json's low_rank_config ({'; '.join(problems)}); the folder "
+            "was edited or mixed from two models: re-export it, or restore the config.json that came with the weights"
+        )
+    for name, tensor in model.state_dict().items():
+        if tensor.is_floating_point() and not tensor.is_meta and not torch.isfinite(tensor).all():
+            raise LiteWhisperLoadError(f"{source}: weight {name} holds NaN or infinite values; the checkpoint is "
+                                       "corrupt: re-export or re-download it")
+
+
 class LiteWhisperPreTrainedModel(WhisperPreTrainedModel):
     config_class = LiteWhisperConfig
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, *args, **kwargs):
+        """transformers' `from_pretrained`, made strict: see `check_loaded_weights`."""
+        wants_info = kwargs.pop("output_loading_info", False)
+        kwargs["ignore_mismatched_sizes"] = True  # report a mis-shaped tensor as the others, below, by name
+        model, info = super().from_pretrained(pretrained_model_name_or_path, *args, output_loading_info=True, **kwargs)
+        check_loaded_weights(model, info, str(pretrained_model_name_or_path))
+        return (model, info) if wants_info else model
 
     def _init_weights(self, module):
         super()._init_weights(module)
@@ -416,6 +461,8 @@ class LiteWhisperPreTrainedModel(WhisperPreTrainedModel):
 
     def save_pretrained(self, save_directory, *args, dtype: torch.dtype = torch.float16, **kwargs):
         """Save a self-contained Hub repo folder: weights (fp16 by default), config with `auto_map`, code files.
+
+        The config records float32 as the dtype to load in, so stock Whisper user code runs it on CPU unchanged.
 
         Everything is written to a temporary folder first and moved into `save_directory` only when complete,
         so an interrupted save never leaves a half-written model behind. Files already in `save_directory`
@@ -433,9 +480,10 @@ class LiteWhisperPreTrainedModel(WhisperPreTrainedModel):
         staging = Path(tempfile.mkdtemp(prefix=f".{save_directory.name}.partial-", dir=save_directory.parent))
         try:
             super().save_pretrained(staging, *args, state_dict=state_dict, **kwargs)
-            _record_saved_dtype(staging / "config.json", dtype)
+            _record_load_dtype(staging / "config.json")
             for source in _code_files():
                 shutil.copyfile(source, staging / source.name)
+            apply_umask(staging)
             _move_into_place(staging, save_directory)
         finally:
             shutil.rmtree(staging, ignore_errors=True)
@@ -447,12 +495,23 @@ def _code_files() -> list:
     return [Path(config_module.__file__), Path(__file__)]
 
 
-def _record_saved_dtype(config_path: Path, dtype: torch.dtype) -> None:
-    """transformers writes the in-memory dtype; record the dtype the weights were actually saved in."""
+def _record_load_dtype(config_path: Path) -> None:
+    """Record float32 as the dtype to load in, whatever the weights were saved in (fp16 by default), as stock
+    Whisper repos do: transformers 5 loads in the config's dtype by default, and fp16 fails on CPU with float
+    features. Users ask for fp16/bf16 with `dtype=` as for Whisper."""
     config = json.loads(config_path.read_text())
     key = "dtype" if "dtype" in config else "torch_dtype"
-    config[key] = str(dtype).removeprefix("torch.")
+    config[key] = "float32"
     config_path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+
+
+def apply_umask(folder: Path) -> None:
+    """Give a staging folder and its files the modes the umask allows (mkdtemp and safetensors make them private)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    folder.chmod(0o777 & ~umask)
+    for path in folder.rglob("*"):
+        path.chmod((0o777 if path.is_dir() else 0o666) & ~umask)
 
 
 def _move_into_place(staging: Path, target: Path) -> None:

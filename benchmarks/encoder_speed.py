@@ -48,6 +48,7 @@ FAMILIES = {  # d_model, layers, heads, ffn, mel bins
     "base": (512, 6, 8, 2048, 80),
     "small": (768, 12, 12, 3072, 80),
     "large-v3": (1280, 32, 20, 5120, 128),
+    "large-v3-turbo": (1280, 32, 20, 5120, 128),  # large-v3's encoder; the official turbo presets differ in size
 }
 
 
@@ -79,8 +80,9 @@ def uniform_ranks(config: dict, target_params: float) -> list:
 
 def reduced_attention_layers(config: dict, low_rank_config: list, threshold: float) -> int:
     """Layers that the inference layout runs as ReducedAttention, given the device's threshold."""
+    positions = config.get("max_source_positions", 1500)
     return sum(
-        uses_reduced_attention(ranks, config["d_model"], config["encoder_attention_heads"], 1500, threshold)
+        uses_reduced_attention(ranks, config["d_model"], config["encoder_attention_heads"], positions, threshold)
         for ranks in low_rank_config or []
     )
 
@@ -126,57 +128,91 @@ def main(argv=None):
                         help="uniform cases: q/k/v at rank R in every layer (reduced attention everywhere)")
     args = parser.parse_args(argv)
     device, dtype, machine = start_timing(args)
-    reduced_threshold = threshold_for(modeling_lite_whisper.REDUCED_ATTENTION_BELOW_FLOP_RATIO, device.type)
-    columns = ["case", "batch", "encoder params", "reduced-attn layers", "FLOP ratio", "layout FLOP ratio", "stock s",
-               "factored ratio", "layout ratio", "layout / layout FLOP ratio"]
-    if args.compile:
-        columns += ["compiled stock s", "compiled layout ratio"]
-    print("| " + " | ".join(columns) + " |\n|" + "---|" * len(columns))
+    print_header(args.compile)
     rows = []
     torch.manual_seed(0)
-    with torch.no_grad():
-        for label, config, low_rank_config in cases(args):
-            stock_config = WhisperConfig(**config)
-            lite_config = LiteWhisperConfig(low_rank_config=low_rank_config, **config)
-            stock = WhisperEncoder(stock_config).to(device, dtype).eval()
-            factored = modeling_lite_whisper.LiteWhisperEncoder(lite_config).to(device, dtype)
-            set_layout(factored, inference=False)
-            layout = copy.deepcopy(factored)
-            set_layout(layout, inference=True)
-            flop_ratio = encoder_flops(lite_config) / encoder_flops(stock_config)
-            layout_flop_ratio = encoder_flops(
-                lite_config, reduced_attention_threshold=reduced_threshold
-            ) / encoder_flops(stock_config)
-            for batch in args.batch:
-                x = torch.randn(batch, config["num_mel_bins"], 3000, device=device, dtype=dtype)
-                forms = {"stock": lambda: stock(x), "layout": lambda: layout(x)}
-                if not args.no_factored:
-                    forms["factored"] = lambda: factored(x)
-                if args.compile:
-                    compiled_stock = torch.compile(stock, fullgraph=True)
-                    compiled_layout = torch.compile(layout, fullgraph=True)
-                    forms.update(compiled_stock=lambda: compiled_stock(x), compiled_layout=lambda: compiled_layout(x))
-                times = dict(zip(forms, median_times(list(forms.values()), args.repeats, device)))
-                row = {
-                    "case": label, "batch": batch, "encoder_params": encoder_parameters(lite_config),
-                    "reduced_attention_layers": reduced_attention_layers(config, low_rank_config, reduced_threshold),
-                    "flop_ratio": flop_ratio, "layout_flop_ratio": layout_flop_ratio, "stock_seconds": times["stock"],
-                    "factored_time_ratio": times["factored"] / times["stock"] if "factored" in times else None,
-                    "layout_time_ratio": times["layout"] / times["stock"],
-                }
-                if args.compile:
-                    row.update(compiled_stock_seconds=times["compiled_stock"],
-                               compiled_layout_time_ratio=times["compiled_layout"] / times["compiled_stock"])
-                rows.append(row)
-                factored_cell = "–" if row["factored_time_ratio"] is None else f"{row['factored_time_ratio']:.3f}"
-                cells = [label, str(batch), f"{row['encoder_params'] / 1e6:.2f}M",
-                         f"{row['reduced_attention_layers']}/{config['encoder_layers']}", f"{flop_ratio:.3f}",
-                         f"{layout_flop_ratio:.3f}", f"{times['stock']:.3f}", factored_cell,
-                         f"{row['layout_time_ratio']:.3f}", f"{row['layout_time_ratio'] / layout_flop_ratio:.3f}"]
-                if args.compile:
-                    cells += [f"{times['compiled_stock']:.3f}", f"{row['compiled_layout_time_ratio']:.3f}"]
-                print("| " + " | ".join(cells) + " |", flush=True)
+    for label, config, low_rank_config in cases(args):
+        rows += time_case(label, config, low_rank_config, args.batch, args.repeats, device, dtype,
+                          factored=not args.no_factored, compiled=args.compile)
     write_results(args.out, "encoder_speed", args, machine, rows=rows)
+
+
+def _columns(compiled: bool) -> list:
+    columns = ["case", "batch", "encoder params", "reduced-attn layers", "FLOP ratio", "layout FLOP ratio", "stock s",
+               "factored ratio", "layout ratio", "layout / layout FLOP ratio"]
+    return columns + (["compiled stock s", "compiled layout ratio"] if compiled else [])
+
+
+def print_header(compiled: bool) -> None:
+    """The markdown table head for `time_case` rows."""
+    columns = _columns(compiled)
+    print("| " + " | ".join(columns) + " |\n|" + "---|" * len(columns))
+
+
+def time_case(label, config: dict, low_rank_config: list, batches, repeats, device, dtype, factored=True,
+              compiled=False, compile_backend="inductor", should_stop=lambda: False, stock=None) -> list:
+    """Time stock against LiteWhisper encoders of one shape and ranks at each batch size, side by side and
+    interleaved on the same input; print a markdown row per batch size and return the rows.
+
+    Forms: "stock" (dense), "layout" (the inference layout a loaded model runs), with `factored` also every slot
+    as two GEMMs, with `compiled` also torch.compile(fullgraph=True) of stock and layout (`compile_backend`:
+    "inductor" for real timings; "eager" only checks that the graphs capture). Windows are
+    2 · config["max_source_positions"] frames (default 1500 positions: 30 s). Stops before a batch size when
+    `should_stop()` says so. `stock`: a stock encoder of this shape on `device` in `dtype` to share across cases
+    (and with it, its compiled graphs); built here when None.
+    """
+    frames = 2 * config.get("max_source_positions", 1500)
+    reduced_threshold = threshold_for(modeling_lite_whisper.REDUCED_ATTENTION_BELOW_FLOP_RATIO, device.type)
+    rows = []
+    with torch.no_grad():
+        stock_config = WhisperConfig(**config)
+        lite_config = LiteWhisperConfig(low_rank_config=low_rank_config, **config)
+        with torch.device(device):  # initialised where they run: a large-v3 encoder builds in seconds on a GPU
+            stock = stock if stock is not None else WhisperEncoder(stock_config).to(dtype).eval()
+            factored_encoder = modeling_lite_whisper.LiteWhisperEncoder(lite_config).to(dtype)
+        set_layout(factored_encoder, inference=False)
+        layout = copy.deepcopy(factored_encoder)
+        set_layout(layout, inference=True)
+        if not factored:
+            del factored_encoder
+        flop_ratio = encoder_flops(lite_config) / encoder_flops(stock_config)
+        layout_flop_ratio = encoder_flops(
+            lite_config, reduced_attention_threshold=reduced_threshold
+        ) / encoder_flops(stock_config)
+        if compiled:
+            # static shapes: each batch size gets its own graph, as a server with a fixed batch would
+            compiled_stock = torch.compile(stock, fullgraph=True, dynamic=False, backend=compile_backend)
+            compiled_layout = torch.compile(layout, fullgraph=True, dynamic=False, backend=compile_backend)
+        for batch in batches:
+            if should_stop():
+                break
+            x = torch.randn(batch, config["num_mel_bins"], frames, device=device, dtype=dtype)
+            forms = {"stock": lambda: stock(x), "layout": lambda: layout(x)}
+            if factored:
+                forms["factored"] = lambda: factored_encoder(x)
+            if compiled:
+                forms.update(compiled_stock=lambda: compiled_stock(x), compiled_layout=lambda: compiled_layout(x))
+            times = dict(zip(forms, median_times(list(forms.values()), repeats, device)))
+            row = {
+                "case": label, "batch": batch, "encoder_params": encoder_parameters(lite_config),
+                "reduced_attention_layers": reduced_attention_layers(config, low_rank_config, reduced_threshold),
+                "flop_ratio": flop_ratio, "layout_flop_ratio": layout_flop_ratio, "stock_seconds": times["stock"],
+                "factored_time_ratio": times["factored"] / times["stock"] if "factored" in times else None,
+                "layout_time_ratio": times["layout"] / times["stock"],
+            }
+            if compiled:
+                row.update(compiled_stock_seconds=times["compiled_stock"],
+                           compiled_layout_time_ratio=times["compiled_layout"] / times["compiled_stock"])
+            rows.append(row)
+            factored_cell = "–" if row["factored_time_ratio"] is None else f"{row['factored_time_ratio']:.3f}"
+            cells = [label, str(batch), f"{row['encoder_params'] / 1e6:.2f}M",
+                     f"{row['reduced_attention_layers']}/{config['encoder_layers']}", f"{flop_ratio:.3f}",
+                     f"{layout_flop_ratio:.3f}", f"{times['stock']:.3f}", factored_cell,
+                     f"{row['layout_time_ratio']:.3f}", f"{row['layout_time_ratio'] / layout_flop_ratio:.3f}"]
+            if compiled:
+                cells += [f"{times['compiled_stock']:.3f}", f"{row['compiled_layout_time_ratio']:.3f}"]
+            print("| " + " | ".join(cells) + " |", flush=True)
+    return rows
 
 
 if __name__ == "__main__":

@@ -7,7 +7,8 @@ FLOP ratio above which it stops paying. Timings interleave the two forms and tak
 
     python benchmarks/layout_threshold.py [--device cuda --dtype float16] [--batch 1 8] [--repeats 7]
 
-The last row gives, per FLOP ratio, the median time ratio over the shapes; the threshold is where it reaches 1.
+The last row gives, per FLOP ratio, the median time ratio over the shapes; the threshold is where it reaches 1
+(`break_even_flop_ratio` in the JSON). benchmarks/gpu_check.py runs the same sweep on CUDA.
 """
 
 import argparse
@@ -31,32 +32,64 @@ def main(argv=None):
     add_timing_arguments(parser, SHAPES, SHAPES, batch=[1], repeats=7)
     args = parser.parse_args(argv)
     device, dtype, machine = start_timing(args)
-    print("| family | in x out | batch | " + " | ".join(f"flops {ratio:.2f}" for ratio in FLOP_RATIOS) + " |")
-    print("|---|---|---|" + "---|" * len(FLOP_RATIOS))
+    shapes = [(family, shape) for family in args.families for shape in SHAPES[family]]
+    rows = sweep(shapes, args.batch, args.repeats, device, dtype)
+    medians = median_time_ratios(rows)
+    print("\nCells: factored time / dense time at the given factored/dense FLOP ratio (< 1: factored is faster).")
+    write_results(args.out, "layout_threshold", args, machine, rows=rows, median_time_ratios=medians,
+                  break_even_flop_ratio=break_even(medians))
+
+
+def sweep(shapes, batches, repeats, device, dtype, positions: int = 1500, flop_ratios=FLOP_RATIOS,
+          should_stop=lambda: False) -> list:
+    """Time every (family, (in, out)) shape at every batch size; print a markdown row per case and return the rows.
+    Stops early (returning the rows so far) when `should_stop()` says so."""
+    print("| family | in x out | batch | " + " | ".join(f"flops {ratio:.2f}" for ratio in flop_ratios) + " |")
+    print("|---|---|---|" + "---|" * len(flop_ratios))
     rows = []
     with torch.no_grad():
-        for batch in args.batch:
-            for family in args.families:
-                for in_features, out_features in SHAPES[family]:
-                    ratios = time_ratios(in_features, out_features, batch, args.repeats, device, dtype)
-                    rows.append({"family": family, "in": in_features, "out": out_features, "batch": batch,
-                                 "time_ratios": dict(zip(map(str, FLOP_RATIOS), ratios))})
-                    cells = " | ".join(f"{ratio:.2f}" for ratio in ratios)
-                    print(f"| {family} | {in_features}x{out_features} | {batch} | {cells} |", flush=True)
-    medians = [statistics.median(row["time_ratios"][str(ratio)] for row in rows) for ratio in FLOP_RATIOS]
-    print("| median | | | " + " | ".join(f"{ratio:.2f}" for ratio in medians) + " |")
-    print("\nCells: factored time / dense time at the given factored/dense FLOP ratio (< 1: factored is faster).")
-    write_results(args.out, "layout_threshold", args, machine, rows=rows,
-                  median_time_ratios=dict(zip(map(str, FLOP_RATIOS), medians)))
+        for batch in batches:
+            for family, (in_features, out_features) in shapes:
+                if should_stop():
+                    return rows
+                ratios = time_ratios(in_features, out_features, batch, repeats, device, dtype, positions, flop_ratios)
+                rows.append({"family": family, "in": in_features, "out": out_features, "batch": batch,
+                             "time_ratios": dict(zip(map(str, flop_ratios), ratios))})
+                cells = " | ".join(f"{ratio:.2f}" for ratio in ratios)
+                print(f"| {family} | {in_features}x{out_features} | {batch} | {cells} |", flush=True)
+    return rows
 
 
-def time_ratios(in_features, out_features, batch, repeats, device, dtype) -> list:
-    """Factored / dense time of one linear on a batch of 30 s windows, at each FLOP ratio of the sweep."""
-    x = torch.randn(batch, 1500, in_features, device=device, dtype=dtype)
+def median_time_ratios(rows) -> dict:
+    """Per FLOP ratio of the sweep, the median time ratio over the rows (printed as the table's last row)."""
+    if not rows:
+        return {}
+    flop_ratios = list(rows[0]["time_ratios"])
+    medians = {ratio: statistics.median(row["time_ratios"][ratio] for row in rows) for ratio in flop_ratios}
+    print("| median | | | " + " | ".join(f"{value:.2f}" for value in medians.values()) + " |")
+    return medians
+
+
+def break_even(medians: dict) -> float:
+    """The merge threshold the medians support: the highest FLOP ratio of the sweep up to which the median
+    factored/dense time ratio stays below 1 (0.0 where even the lowest ratio is slower factored: always merge)."""
+    threshold = 0.0
+    for ratio, time_ratio in sorted((float(ratio), value) for ratio, value in medians.items()):
+        if time_ratio >= 1.0:
+            break
+        threshold = ratio
+    return threshold
+
+
+def time_ratios(in_features, out_features, batch, repeats, device, dtype, positions: int = 1500,
+                flop_ratios=FLOP_RATIOS) -> list:
+    """Factored / dense time of one linear on a batch of windows of `positions` encoder positions (1500: 30 s),
+    at each FLOP ratio of the sweep."""
+    x = torch.randn(batch, positions, in_features, device=device, dtype=dtype)
     dense = torch.randn(out_features, in_features, device=device, dtype=dtype)
     bias = torch.randn(out_features, device=device, dtype=dtype)
     ratios = []
-    for ratio in FLOP_RATIOS:
+    for ratio in flop_ratios:
         rank = max(16, round(ratio * in_features * out_features / (in_features + out_features) / 16) * 16)
         weight1 = torch.randn(in_features, rank, device=device, dtype=dtype)
         weight2 = torch.randn(rank, out_features, device=device, dtype=dtype)

@@ -9,7 +9,8 @@ measured time ratio; interleaved medians.
     python benchmarks/reduced_attention.py [--families tiny base] [--batch 1 8] [--device cuda --dtype float16]
 
 The last rows give, per FLOP-ratio bin, the median time ratio over all cases: the threshold in
-modeling_lite_whisper.py is the FLOP ratio up to which reduced attention stays faster.
+modeling_lite_whisper.py is the FLOP ratio up to which reduced attention stays faster (`faster_up_to_flop_ratio`
+in the JSON). benchmarks/gpu_check.py runs the same sweep on CUDA.
 """
 
 import argparse
@@ -31,9 +32,9 @@ POSITIONS = 1500
 BINS = ((0.0, 0.6), (0.6, 0.8), (0.8, 0.9), (0.9, 1.0), (1.0, 1.1), (1.1, 10.0))
 
 
-def attention_layer(d_model, heads, ranks: dict, device, dtype, reduced: bool):
+def attention_layer(d_model, heads, ranks: dict, device, dtype, reduced: bool, positions: int = POSITIONS):
     """One encoder self-attention with the given slots at their ranks, in the per-head or the reduced layout."""
-    config = WhisperConfig(d_model=d_model, encoder_attention_heads=heads, max_source_positions=POSITIONS)
+    config = WhisperConfig(d_model=d_model, encoder_attention_heads=heads, max_source_positions=positions)
     config._attn_implementation = "sdpa"
     attention = LiteWhisperAttention(embed_dim=d_model, num_heads=heads, config=config)
     for slot, rank in ranks.items():
@@ -51,27 +52,43 @@ def main(argv=None):
     add_timing_arguments(parser, FAMILIES, FAMILIES, batch=[1, 8], repeats=5)
     args = parser.parse_args(argv)
     device, dtype, machine = start_timing(args)
+    rows = sweep({family: FAMILIES[family] for family in args.families}, args.batch, args.repeats, device, dtype)
+    summary = summarize(rows)
+    write_results(args.out, "reduced_attention", args, machine, rows=rows, summary=summary,
+                  faster_up_to_flop_ratio=faster_up_to(rows))
+
+
+def sweep(families: dict, batches, repeats, device, dtype, positions: int = POSITIONS, ranks=RANKS,
+          should_stop=lambda: False) -> list:
+    """Time per-head against reduced attention for each family {name: (d_model, heads)}, batch and (r_q, r_k, r_v);
+    print a markdown row per case and return the rows. Stops early (rows so far) when `should_stop()` says so."""
     print("| family | batch | r_q, r_k, r_v | FLOP ratio | per-head ms | time ratio |\n|---|---|---|---|---|---|")
     torch.manual_seed(0)
     rows = []
     with torch.no_grad():
-        for family in args.families:
-            d_model, heads = FAMILIES[family]
-            for batch in args.batch:
-                x = torch.randn(batch, POSITIONS, d_model, device=device, dtype=dtype)
-                for rank_q, rank_k, rank_v in RANKS:
-                    ranks = {"q_proj": rank_q, "k_proj": rank_k, "v_proj": rank_v}
-                    per_head, reduced = (attention_layer(d_model, heads, ranks, device, dtype, form)
+        for family, (d_model, heads) in families.items():
+            for batch in batches:
+                x = torch.randn(batch, positions, d_model, device=device, dtype=dtype)
+                for rank_q, rank_k, rank_v in ranks:
+                    if should_stop():
+                        return rows
+                    slot_ranks = {"q_proj": rank_q, "k_proj": rank_k, "v_proj": rank_v}
+                    per_head, reduced = (attention_layer(d_model, heads, slot_ranks, device, dtype, form, positions)
                                          for form in (False, True))
                     times = median_times([lambda: per_head(hidden_states=x)[0], lambda: reduced(hidden_states=x)[0]],
-                                         args.repeats, device)
-                    per_head_macs, reduced_macs = attention_macs(ranks, d_model, heads, POSITIONS)
+                                         repeats, device)
+                    per_head_macs, reduced_macs = attention_macs(slot_ranks, d_model, heads, positions)
                     row = {"family": family, "batch": batch, "ranks": [rank_q, rank_k, rank_v],
                            "flop_ratio": reduced_macs / per_head_macs, "per_head_seconds": times[0],
                            "time_ratio": times[1] / times[0]}
                     rows.append(row)
                     print(f"| {family} | {batch} | {rank_q}, {rank_k}, {rank_v} | {row['flop_ratio']:.3f} | "
                           f"{1e3 * times[0]:.1f} | {row['time_ratio']:.3f} |", flush=True)
+    return rows
+
+
+def summarize(rows) -> list:
+    """Median and worst time ratio per FLOP-ratio bin, printed as a markdown table."""
     print("\n| FLOP ratio | cases | median time ratio | worst time ratio |\n|---|---|---|---|")
     summary = []
     for low, high in BINS:
@@ -80,7 +97,18 @@ def main(argv=None):
             summary.append({"flop_ratio_from": low, "flop_ratio_to": high, "cases": len(ratios),
                             "median_time_ratio": statistics.median(ratios), "worst_time_ratio": max(ratios)})
             print(f"| {low:.1f}-{high:.1f} | {len(ratios)} | {statistics.median(ratios):.3f} | {max(ratios):.3f} |")
-    write_results(args.out, "reduced_attention", args, machine, rows=rows, summary=summary)
+    return summary
+
+
+def faster_up_to(rows) -> float:
+    """The threshold the cases support: the highest FLOP ratio up to which every case ran faster reduced
+    (0.0 where the cheapest case already ran slower)."""
+    threshold = 0.0
+    for row in sorted(rows, key=lambda row: row["flop_ratio"]):
+        if row["time_ratio"] >= 1.0:
+            break
+        threshold = row["flop_ratio"]
+    return threshold
 
 
 if __name__ == "__main__":

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from itertools import islice
 from math import gcd
 from pathlib import Path
-from typing import Callable, Iterable, Iterator, List, Optional, Sequence, Tuple
+from typing import Callable, Iterable, Iterator, List, Optional, Tuple
 
 import numpy as np
 
@@ -112,6 +112,20 @@ def language_code(value, where: str = "") -> Optional[str]:
     return None
 
 
+def read_metadata(metadata: Path) -> list:
+    """The rows of a metadata.csv: UTF-8, with or without the byte-order mark Excel writes; any other encoding is
+    named (where the first undecodable byte is) rather than guessed."""
+    try:
+        with metadata.open(newline="", encoding="utf-8-sig") as handle:
+            return list(csv.DictReader(handle))
+    except UnicodeDecodeError as error:
+        line = metadata.read_bytes()[: error.start].count(b"\n") + 1
+        raise AudioDataError(f"{metadata}: not UTF-8 (byte 0x{error.object[error.start]:02x} on line {line}); "
+                             "save it as UTF-8 (in Excel: CSV UTF-8)") from None
+    except csv.Error as error:
+        raise AudioDataError(f"{metadata}: not a readable CSV file ({error})") from None
+
+
 def folder_entries(folder: Path) -> list:
     """(file, text or None, language or None) for each utterance of a local audio folder, in a stable order."""
     folder = Path(folder)
@@ -119,8 +133,7 @@ def folder_entries(folder: Path) -> list:
         raise AudioDataError(f"audio folder not found: {folder}")
     metadata = folder / "metadata.csv"
     if metadata.is_file():
-        with metadata.open(newline="", encoding="utf-8") as handle:
-            rows = list(csv.DictReader(handle))
+        rows = read_metadata(metadata)
         if rows and "file_name" not in rows[0]:
             raise AudioDataError(f"{metadata}: needs a 'file_name' column, found {list(rows[0])}")
         entries = [(folder / row["file_name"], row.get("text"), language_code(row.get("language"), str(metadata)))

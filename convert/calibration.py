@@ -26,6 +26,7 @@ so that a stats file is never applied to another model: `check_identity` raises 
 
 import hashlib
 import json
+import math
 import os
 import tempfile
 from contextlib import contextmanager
@@ -43,6 +44,13 @@ FRAMES_POLICIES = ("real", "all")
 DEFAULT_FRAMES = "real"
 STATS_FORMAT = "lite-whisper-calibration-stats/1"
 ROWS_PER_UPDATE = 4096  # rows converted to float64 at a time: bounds the transient memory of a hook
+# Audio that cannot carry statistics is refused, never averaged in: a clip shorter than this covers a handful of
+# encoder positions (20 ms each), and one quieter than this RMS (-80 dBFS) is silence for Whisper's log-mel.
+MIN_CLIP_SECONDS = 0.25
+MIN_CLIP_RMS = 1e-4
+# Probes before the clamp in sensitivity.measure_sensitivity could store a slightly negative KL estimate (rounding):
+# down to this fraction of the largest |sensitivity| in the file it is read as 0; below, the file is refused.
+SENSITIVITY_NOISE = 0.01
 IDENTITY_SHAPE_KEYS = (
     "d_model",
     "encoder_layers",
@@ -106,6 +114,8 @@ class Stats:
     explained_variance: Dict[SlotKey, torch.Tensor] = field(default_factory=dict)
     sensitivity: Dict[SlotKey, float] = field(default_factory=dict)
     sensitivity_probe: dict = field(default_factory=dict)
+    seconds: float = 0.0  # audio seconds seen (0 in files written before it was recorded)
+    real_positions: int = 0  # encoder positions that covered real audio (0 in older files)
     mix: dict = field(default_factory=dict)  # {"balance", "languages": {code: clips}, "sources": {name: clips}}
 
     @property
@@ -210,6 +220,26 @@ def _hooks(encoder, collector: _Collector):
             handle.remove()
 
 
+def check_clip(utterance) -> None:
+    """Refuse a clip that cannot carry statistics: too short or silent (CalibrationError naming it)."""
+    import numpy as np
+
+    seconds = len(utterance.audio) / 16_000
+    if seconds < MIN_CLIP_SECONDS:
+        raise CalibrationError(f"calibration clip {utterance.name} lasts {seconds * 1000:.0f} ms: clips shorter than "
+                               f"{MIN_CLIP_SECONDS * 1000:.0f} ms cannot carry statistics; remove it or use longer speech")
+    rms = float(np.sqrt(np.mean(np.square(utterance.audio, dtype=np.float64))))
+    if rms < MIN_CLIP_RMS:
+        raise CalibrationError(f"calibration clip {utterance.name} is silent (RMS {rms:.1e}, below {MIN_CLIP_RMS:.0e}); "
+                               "remove it or use real speech")
+
+
+def minimum_positions(config) -> int:
+    """Real encoder positions calibration needs at least: one per output dimension of the model (d_model), or
+    the covariance of a linear's outputs cannot have full rank and the PCA basis is arbitrary."""
+    return int(config.d_model)
+
+
 def real_positions(attention_mask: torch.Tensor, positions: int) -> torch.Tensor:
     """Mel-frame mask [batch, frames] -> encoder-position mask [batch, positions]: a position is real if any of
     the mel frames it downsamples holds audio (the second conv has stride 2)."""
@@ -245,10 +275,12 @@ def collect_stats(
     positions = config.max_source_positions
     slots = {key: SlotStats.zeros(slot_shape(config, key[1])[1]) for key in slot_keys(config)}
     collector = _Collector(slots)
-    seen = 0
+    seen, seconds, real = 0, 0.0, 0
     bar = tqdm(total=total, unit="clip", desc="calibration", disable=not progress)
     with torch.no_grad(), _hooks(encoder, collector):
         for batch in batches(utterances, batch_size):
+            for utterance in batch:
+                check_clip(utterance)
             inputs = feature_extractor(
                 [utterance.audio for utterance in batch],
                 sampling_rate=feature_extractor.sampling_rate,
@@ -256,10 +288,13 @@ def collect_stats(
                 return_attention_mask=True,
             )
             features = inputs.input_features.to(device=parameter.device, dtype=parameter.dtype)  # [b, mels, frames]
-            mask = real_positions(inputs.attention_mask, positions) if frames == "real" else None
+            real_mask = real_positions(inputs.attention_mask, positions)
+            mask = real_mask if frames == "real" else None
             collector.mask = mask.to(parameter.device) if mask is not None else None
             encoder(features)
             seen += len(batch)
+            seconds += sum(len(utterance.audio) for utterance in batch) / feature_extractor.sampling_rate
+            real += int(real_mask.sum())
             bar.update(len(batch))
     bar.close()
     if seen == 0:
@@ -270,7 +305,20 @@ def collect_stats(
         utterances=seen,
         calibration=calibration,
         slots=slots,
+        seconds=seconds,
+        real_positions=real,
     )
+
+
+def check_enough_audio(stats: Stats, config) -> None:
+    """Refuse statistics over too little real audio (after any all-reduce: the job's total counts)."""
+    needed = minimum_positions(config)
+    if stats.real_positions and stats.real_positions < needed:
+        raise CalibrationError(
+            f"calibration saw {stats.utterances} clips, {stats.seconds:.1f} s of audio, {stats.real_positions} encoder "
+            f"positions of real audio; at least {needed} (d_model, {needed * 0.02:.1f} s) are needed for the "
+            "statistics to mean anything: use more or longer clips (--num-samples)"
+        )
 
 
 # ------------------------------------------------------------------------------------------- merging / reducing
@@ -300,19 +348,22 @@ def merge_stats(parts: List[Stats]) -> Stats:
         for key in first.slots
     }
     calibration = " + ".join(dict.fromkeys(part.calibration for part in parts))
-    return Stats(first.identity, first.frames, sum(p.utterances for p in parts), calibration, slots)
+    return Stats(first.identity, first.frames, sum(p.utterances for p in parts), calibration, slots,
+                 seconds=sum(p.seconds for p in parts), real_positions=sum(p.real_positions for p in parts))
 
 
 def reduce_stats(stats: Stats, all_reduce: Callable[[torch.Tensor], None]) -> Stats:
     """Sum `stats` across processes in place with a summing `all_reduce(tensor)`, e.g.
     `torch.distributed.all_reduce` (move the tensors to the backend's device first where it needs one).
 
-    The float64 sums are reduced one slot at a time; the counts travel together in one int64 tensor.
+    The float64 sums are reduced one slot at a time; the counts travel together in one int64 tensor: clips, each
+    slot's rows, real-audio positions, milliseconds of audio.
     """
     keys = sorted(stats.slots)
-    counts = torch.tensor([stats.utterances] + [stats.slots[key].count for key in keys], dtype=torch.int64)
+    counts = torch.tensor([stats.utterances] + [stats.slots[key].count for key in keys]
+                          + [stats.real_positions, round(stats.seconds * 1000)], dtype=torch.int64)
     all_reduce(counts)
-    stats.utterances = int(counts[0])
+    stats.utterances, stats.real_positions, stats.seconds = int(counts[0]), int(counts[-2]), int(counts[-1]) / 1000
     for position, key in enumerate(keys, start=1):
         slot = stats.slots[key]
         slot.count = int(counts[position])
@@ -345,6 +396,8 @@ def save_stats(stats: Stats, path) -> Path:
         "counts": {f"{layer_index}.{slot}": sums.count for (layer_index, slot), sums in stats.slots.items()},
         "sensitivity": {f"{layer_index}.{slot}": value for (layer_index, slot), value in stats.sensitivity.items()},
         "sensitivity_probe": stats.sensitivity_probe,
+        "seconds": stats.seconds,
+        "real_positions": stats.real_positions,
         "mix": stats.mix,
     }
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -352,6 +405,9 @@ def save_stats(stats: Stats, path) -> Path:
     os.close(handle)
     try:
         save_file(tensors, staging, metadata={"lite_whisper": json.dumps(header, sort_keys=True)})
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(staging, 0o666 & ~umask)  # mkstemp and safetensors create it owner-only
         os.replace(staging, path)
     finally:
         if os.path.exists(staging):
@@ -359,9 +415,13 @@ def save_stats(stats: Stats, path) -> Path:
     return path
 
 
-def load_stats(path, identity: Optional[dict] = None) -> Stats:
-    """Read a stats file; with `identity` (from `model_identity`), raise StatsMismatchError if it is another model's."""
-    from safetensors import SafetensorError, safe_open
+_HEADER_KEYS = ("identity", "frames", "utterances", "calibration", "counts")
+
+
+def read_stats_header(path, tensor_shapes: bool = False):
+    """The JSON header of a stats file, checked for every key and tensor `load_stats` needs (StatsFileError naming
+    the first one missing); with `tensor_shapes`, also returns {tensor name: shape}. Reads no tensor data."""
+    from safetensors import safe_open
 
     path = Path(path)
     if not path.is_file():
@@ -369,24 +429,68 @@ def load_stats(path, identity: Optional[dict] = None) -> Stats:
     try:
         with safe_open(str(path), "pt") as handle:
             metadata = handle.metadata() or {}
-            tensors = {name: handle.get_tensor(name) for name in handle.keys()}
-    except (SafetensorError, OSError, ValueError) as error:
+            shapes = {name: tuple(handle.get_slice(name).get_shape()) for name in handle.keys()}
+    except Exception as error:  # SafetensorError, OSError, ValueError: truncated or not safetensors
         raise StatsFileError(f"{path}: not a statistics file ({error})") from None
     try:
         header = json.loads(metadata["lite_whisper"])
-        if header.get("format") != STATS_FORMAT:
-            raise KeyError("format")
     except (KeyError, json.JSONDecodeError):
-        raise StatsFileError(f"{path}: not a LiteWhisper calibration statistics file ({STATS_FORMAT})") from None
+        header = None
+    if not isinstance(header, dict) or header.get("format") != STATS_FORMAT:
+        raise StatsFileError(f"{path}: not a LiteWhisper calibration statistics file ({STATS_FORMAT})")
+    missing = [key for key in _HEADER_KEYS if key not in header]
+    if missing:
+        raise StatsFileError(f"{path}: the header lacks {', '.join(missing)}; the file is damaged: delete it to "
+                             "calibrate again")
+    identity = header["identity"]
+    if not isinstance(identity, dict) or not {"shapes", "encoder_sha256"} <= set(identity) or \
+            "encoder_layers" not in (identity.get("shapes") or {}):
+        raise StatsFileError(f"{path}: the header's model identity is incomplete; the file is damaged: delete it to "
+                             "calibrate again")
+    expected = {f"{layer}.{slot}" for layer in range(int(identity["shapes"]["encoder_layers"])) for slot in LOW_RANK_SLOTS}
+    if set(header["counts"]) != expected:
+        absent = sorted(expected - set(header["counts"]))
+        raise StatsFileError(f"{path}: statistics for {', '.join(absent[:3]) or 'unknown slots'} are missing; the file "
+                             "is damaged: delete it to calibrate again")
+    for key_text in header["counts"]:
+        for part in ("total", "outer"):
+            if f"{key_text}.{part}" not in shapes:
+                raise StatsFileError(f"{path}: tensor {key_text}.{part} is missing; the file is damaged: delete it "
+                                     "to calibrate again")
+        layer_text, _, slot = key_text.partition(".")
+        if not layer_text.isdigit() or slot not in LOW_RANK_SLOTS:
+            raise StatsFileError(f"{path}: unknown slot {key_text!r}; the file is damaged: delete it to calibrate again")
+    sensitivity = header.get("sensitivity") or {}
+    finite = [abs(value) for value in sensitivity.values() if isinstance(value, (int, float)) and math.isfinite(value)]
+    noise = SENSITIVITY_NOISE * max(finite, default=0.0)
+    for key_text, value in sensitivity.items():
+        if not isinstance(value, (int, float)) or not math.isfinite(value) or value < -noise:
+            raise StatsFileError(f"{path}: sensitivity of {key_text} is {value!r}, not a finite value >= 0; the probe "
+                                 "failed or the file was edited: delete the file to calibrate and probe again")
+    return (header, shapes) if tensor_shapes else header
+
+
+def load_stats(path, identity: Optional[dict] = None) -> Stats:
+    """Read a stats file; with `identity` (from `model_identity`), raise StatsMismatchError if it is another model's.
+    A damaged file (a key or tensor missing, non-finite sums or sensitivities) raises StatsFileError."""
+    from safetensors import safe_open
+
+    path = Path(path)
+    header = read_stats_header(path)
+    with safe_open(str(path), "pt") as handle:
+        tensors = {name: handle.get_tensor(name) for name in handle.keys()}
+    for name, tensor in tensors.items():
+        if not torch.isfinite(tensor).all():
+            raise StatsFileError(f"{path}: tensor {name} holds NaN or infinite values; delete the file to calibrate again")
     slots, curves, sensitivity = {}, {}, {}
     for key_text, count in header["counts"].items():
         layer_text, slot = key_text.split(".")
         key = (int(layer_text), slot)
-        slots[key] = SlotStats(count, tensors[f"{key_text}.total"], tensors[f"{key_text}.outer"])
+        slots[key] = SlotStats(int(count), tensors[f"{key_text}.total"], tensors[f"{key_text}.outer"])
         if f"{key_text}.explained_variance" in tensors:
             curves[key] = tensors[f"{key_text}.explained_variance"]
         if key_text in header.get("sensitivity", {}):
-            sensitivity[key] = float(header["sensitivity"][key_text])
+            sensitivity[key] = max(float(header["sensitivity"][key_text]), 0.0)  # noise below 0: see read_stats_header
     stats = Stats(
         identity=header["identity"],
         frames=header["frames"],
@@ -396,8 +500,13 @@ def load_stats(path, identity: Optional[dict] = None) -> Stats:
         explained_variance={key: curves[key] for key in sorted(curves, key=_slot_order)},
         sensitivity={key: sensitivity[key] for key in sorted(sensitivity, key=_slot_order)},
         sensitivity_probe=header.get("sensitivity_probe", {}),
+        seconds=float(header.get("seconds", 0.0)),
+        real_positions=int(header.get("real_positions", 0)),
         mix=header.get("mix", {}),
     )
     if identity is not None:
         check_identity(stats, identity)
+        if stats.sensitivity and len(stats.sensitivity) != len(stats.slots):
+            raise StatsFileError(f"{path}: sensitivities cover {len(stats.sensitivity)} of {len(stats.slots)} slots; "
+                                 "the file is damaged: delete it to calibrate and probe again")
     return stats

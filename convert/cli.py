@@ -1,16 +1,32 @@
 """The `lite-whisper` command line: argument parsing only; every stage lives in its own module."""
 
 import argparse
+import os
+import signal
 import sys
 
-from .distributed import RankFailedError
+from .logs import configure as configure_logging
+
+DEBUG_VARIABLE = "LITE_WHISPER_DEBUG"
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, with a usage mistake reported as one line like every other error."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="lite-whisper", description=__doc__)
+    parser = _Parser(prog="lite-whisper", description=__doc__)
+    parser.add_argument("--debug", action="store_true",
+                        help=f"show the traceback of an error (or set {DEBUG_VARIABLE}=1)")
     subparsers = parser.add_subparsers(dest="command", required=True)
     for register in _COMMANDS:
         register(subparsers)
+    for subparser in subparsers.choices.values():
+        subparser.add_argument("--verbose", action="store_true",
+                               help="also print info messages and the library messages a normal run leaves out")
     return parser
 
 
@@ -67,8 +83,15 @@ def _device(requested, processes) -> str:
 def _run_eval(args) -> int:
     import torch
 
-    from .evaluation import evaluate, format_results, load_model, write_results
+    from .checks import check_count, check_data_source, check_device, check_writable_file
+    from .evaluation import evaluate, expand_sources, format_results, load_model, write_results
 
+    check_count("--limit", args.limit)
+    check_count("--batch-size", args.batch_size)
+    check_device(args.device)
+    check_writable_file("--json", args.json)
+    for source in expand_sources(args.data):
+        check_data_source("--data", source)
     with _processes(args.device) as processes:
         model, processor = load_model(args.model, device=_device(args.device, processes),
                                       dtype=getattr(torch, args.dtype) if args.dtype else None)
@@ -83,6 +106,10 @@ def _run_eval(args) -> int:
             print(format_results(results))
             if args.json:
                 print(f"wrote {write_results(results, args.json)}")
+    failed = results.get("failed_datasets") or {}
+    if failed:
+        raise ValueError(f"{len(failed)} of {len(failed) + len(results['datasets'])} data sets could not be scored: "
+                         + "; ".join(f"{name}: {reason}" for name, reason in failed.items()))
     return 0
 
 
@@ -104,9 +131,17 @@ def _add_transcribe(subparsers) -> None:
 
 
 def _run_transcribe(args) -> int:
+    from pathlib import Path
+
     from .audio import iter_paths
+    from .checks import InputError, check_count, check_device
     from .evaluation import load_model, transcribe_batches
 
+    check_count("--batch-size", args.batch_size)
+    check_device(args.device)
+    absent = [path for path in args.audio if not Path(path).exists()]
+    if absent:
+        raise InputError(f"no such audio file or folder: {', '.join(absent)}")
     model, processor = load_model(args.model, device=args.device)
     for batch, texts, _ in transcribe_batches(model, processor, iter_paths(args.audio), args.batch_size, args.language):
         for utterance, text in zip(batch, texts):
@@ -170,6 +205,8 @@ def _add_push(subparsers) -> None:
     parser.add_argument("--message", help="commit message")
     parser.add_argument("--dry-run", action="store_true",
                         help="validate and list every file that would be uploaded; no network, no token")
+    parser.add_argument("--include-unusual-files", action="store_true",
+                        help="upload calibration stats files and files that look like credentials too (refused otherwise)")
     parser.set_defaults(func=_run_push)
 
 
@@ -177,7 +214,7 @@ def _run_push(args) -> int:
     from .hub import push_folder
 
     push_folder(args.model_dir, args.repo_id, private=args.private, revision=args.revision, dry_run=args.dry_run,
-                commit_message=args.message)
+                commit_message=args.message, include_unusual_files=args.include_unusual_files)
     return 0
 
 
@@ -201,8 +238,10 @@ def _add_import_ct2(subparsers) -> None:
 
 
 def _run_import_ct2(args) -> int:
+    from .checks import check_output_folder
     from .ct2_import import import_ct2
 
+    check_output_folder(args.out, args.overwrite, {f"SOURCE": source for source in args.sources})
     print(f"wrote {import_ct2(args.sources, args.out, dtype=args.dtype, overwrite=args.overwrite)}")
     return 0
 
@@ -239,10 +278,15 @@ def _add_compress(subparsers) -> None:
                         help="how clips of several sources or languages are interleaved: 'language' (default) gives "
                         "each language an equal share (a source without a language column counts as one language), "
                         "'source' each source")
-    parser.add_argument("--num-samples", type=int, default=100, help="calibration clips (default 100)")
+    parser.add_argument("--num-samples", type=int, default=None,
+                        help="calibration clips (default 100, or those of an existing --stats file); a local folder "
+                        "with fewer clips is refused")
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--stats", metavar="FILE",
-                        help="calibration statistics file: reused when it exists, written after calibrating otherwise")
+                        help="calibration statistics file: reused when it exists (if it matches --calibration, "
+                        "--num-samples and --frames where given), written after calibrating otherwise")
+    parser.add_argument("--reuse-stats", action="store_true",
+                        help="reuse an existing --stats file even where --calibration/--num-samples/--frames disagree")
     parser.add_argument("--frames", choices=("real", "all"),
                         help="encoder positions to calibrate on: only those covering real audio, or all 1500 of "
                         "the padded 30 s window (default: real for the sensitivity policy, all for the threshold "
@@ -269,12 +313,18 @@ def _add_compress(subparsers) -> None:
 def _run_compress(args) -> int:
     import torch
 
+    from .checks import check_device
     from .compress import DTYPES, compress
     from .ranks import RankPolicyError, Thresholds
 
     if (args.attention_threshold is None) != (args.mlp_threshold is None):
         raise RankPolicyError("give both --attention-threshold and --mlp-threshold")
     thresholds = Thresholds(args.attention_threshold, args.mlp_threshold) if args.attention_threshold is not None else None
+    check_device(args.device)
+    if args.no_progress:
+        from transformers.utils import logging as transformers_logging
+
+        transformers_logging.disable_progress_bar()  # "Loading weights" bars too
     with _processes(args.device) as processes:
         device = _device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"), processes)
         dtype = DTYPES[args.dtype] if args.dtype else (torch.float32 if device == "cpu" else torch.float16)
@@ -285,13 +335,20 @@ def _run_compress(args) -> int:
             device=device, dtype=dtype, seed=args.seed, probe_clips=args.probe_clips,
             smoke_test=not args.no_smoke_test, overwrite=args.overwrite, progress=not args.no_progress,
             recovery=args.recovery, recover_steps=args.recover_steps, processes=processes,
+            reuse_stats=args.reuse_stats,
         )
     if not processes.is_main:
         return 0
+    source = f"reused from {args.stats}" if result.stats_reused else "calibrated"
+    print(f"calibration: {result.calibration_clips} clips, {result.calibration_seconds:.1f} s of audio ({source})")
     print(f"encoder parameters: {result.stock_encoder_params / 1e6:.2f}M -> {result.encoder_params / 1e6:.2f}M "
           f"({result.rank_policy['policy']} policy)")
     if result.smoke is not None:
-        print(f"smoke test on {result.smoke.clip}:\n  stock: {result.smoke.stock_text}\n  lite:  {result.smoke.lite_text}")
+        which = "held-out clips" if result.smoke.held_out else "calibration clips (the source has no held-out clip)"
+        print(f"smoke test on {which} {result.smoke.clip}:\n  stock: {result.smoke.stock_text}\n"
+              f"  lite:  {result.smoke.lite_text}")
+    for note in result.notes:
+        print(f"note: {note}", file=sys.stderr)
     print(f"wrote {result.out_dir}")
     return 0
 
@@ -299,16 +356,51 @@ def _run_compress(args) -> int:
 _COMMANDS.append(_add_compress)
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised like Ctrl-C so that every `finally` and context manager cleans up (staging folders, temp
+    files, the smoke test's child process)."""
+
+
+def _raise_terminated(signum, frame):
+    raise Terminated()
+
+
+def is_named(error: BaseException) -> bool:
+    """Whether `error` is one we raise on purpose (bad input, a failed stage), as opposed to a bug."""
+    return isinstance(error, (ValueError, OSError)) or type(error).__module__.startswith("lite_whisper_convert")
+
+
+def one_line(error: BaseException) -> str:
+    """An error as one line: its message's first line (type-prefixed when it is not one of ours)."""
+    lines = str(error).strip().splitlines()
+    text = lines[0] if lines else type(error).__name__
+    return text if is_named(error) else f"{type(error).__name__}: {text}"
+
+
 def main(argv=None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    configure_logging(verbose=args.verbose)
+    debug = args.debug or os.environ.get(DEBUG_VARIABLE, "") not in ("", "0")
+    previous = signal.signal(signal.SIGTERM, _raise_terminated)
     try:
         return args.func(args) or 0
-    except (ValueError, FileNotFoundError, RankFailedError) as error:
-        # Our stages raise named errors (subclasses of these) for bad input, and a data-parallel job raises
-        # RankFailedError on every process naming the failed ranks: show them without a traceback.
-        print(f"lite-whisper {args.command}: error: {error}", file=sys.stderr)
+    except KeyboardInterrupt as interrupt:
+        # Cleanup already ran on the way here; nothing partial is left behind.
+        print(f"lite-whisper {args.command}: {'terminated' if isinstance(interrupt, Terminated) else 'interrupted'}; "
+              "no output was written", file=sys.stderr)
+        return 143 if isinstance(interrupt, Terminated) else 130
+    except Exception as error:
+        # Our stages raise named errors for bad input, and a data-parallel job raises RankFailedError on every
+        # process naming the failed ranks: one line each. Anything else is a bug: one line too, with the way to
+        # see the traceback.
+        if debug:
+            raise
+        hint = "" if is_named(error) else f" (run with --debug or {DEBUG_VARIABLE}=1 for the traceback)"
+        print(f"lite-whisper {args.command}: error: {one_line(error)}{hint}", file=sys.stderr)
         return 2
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 if __name__ == "__main__":

@@ -44,11 +44,23 @@ from .audio import (
 from .calibration import (
     DEFAULT_FRAMES,
     StatsMismatchError,
+    check_enough_audio,
     collect_stats,
     load_stats,
     model_identity,
     reduce_stats,
     save_stats,
+)
+from .checks import (
+    check_base_model,
+    check_count,
+    check_data_source,
+    check_device,
+    check_output_folder,
+    check_recovery_request,
+    check_size_target,
+    check_stats_request,
+    check_whisper_config,
 )
 from .distributed import Processes
 from .decomposition import attach_explained_variance, decompose, spectra
@@ -66,6 +78,8 @@ logger = logging.getLogger(__name__)
 # +0.27/+0.27/+35.6, on real frames +2.31/+16.4/+258 (loops). Not yet re-measured with the current probe.
 DEFAULT_FRAMES_BY_POLICY = {"sensitivity": "real", "threshold": "all"}
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+DEFAULT_NUM_SAMPLES = 100
+SMOKE_CLIPS = 3  # held-out clips the smoke test transcribes with both models
 
 
 @dataclass
@@ -76,6 +90,10 @@ class CompressResult:
     encoder_params: int
     stock_encoder_params: int
     smoke: Optional[SmokeResult]
+    calibration_clips: int = 0  # clips the statistics came from, and their audio seconds (0: not recorded)
+    calibration_seconds: float = 0.0
+    stats_reused: bool = False
+    notes: List[str] = dataclasses.field(default_factory=list)  # what the run could not do as asked (stats not saved ...)
 
 
 def seed_everything(seed: int) -> None:
@@ -88,8 +106,9 @@ def load_base(model_id_or_path: str, device: str = "cpu", dtype: torch.dtype = t
     """(stock WhisperForConditionalGeneration in eval mode, its WhisperFeatureExtractor)."""
     from transformers import WhisperFeatureExtractor, WhisperForConditionalGeneration
 
-    model = WhisperForConditionalGeneration.from_pretrained(str(model_id_or_path), dtype=dtype)
-    model = model.to(device).eval()
+    # Cast after loading: from_pretrained's dtype keyword is `torch_dtype` before transformers 4.56.
+    model = WhisperForConditionalGeneration.from_pretrained(str(model_id_or_path))
+    model = model.to(device=device, dtype=dtype).eval()
     return model, WhisperFeatureExtractor.from_pretrained(str(model_id_or_path))
 
 
@@ -130,6 +149,15 @@ def calibration_mix(seen, balance: str) -> dict:
 def first_clips(calibration, count: int, balance: str = DEFAULT_BALANCE) -> list:
     """The first `count` clips of a calibration source or mix of sources (the mix `compress` calibrates on)."""
     return list(islice(iter_calibration(calibration, balance=balance), count))
+
+
+def held_out_clips(calibration, num_samples: int, count: int = SMOKE_CLIPS, balance: str = DEFAULT_BALANCE) -> tuple:
+    """(clips, held_out): the `count` clips after the first `num_samples` of the source (or mix), which
+    calibration never saw; where it has none left, its last calibration clips (held_out False)."""
+    after = list(islice(iter_calibration(calibration, balance=balance), num_samples, num_samples + count))
+    if after:
+        return after, True
+    return first_clips(calibration, num_samples, balance)[-count:], False
 
 
 def prepare_stats(
@@ -191,6 +219,7 @@ def prepare_stats(
         )
         if count > 1:
             reduce_stats(stats, processes.sum_in_place)
+        check_enough_audio(stats, model.config)
         stats.mix = calibration_mix(processes.gather(clips.seen), balance)
         changed = True
     device = next(model.parameters()).device
@@ -209,8 +238,30 @@ def prepare_stats(
         stats.sensitivity_probe = probe_description(probes, probe_level, mix_name(calibration), processes)
         changed = True
     if stats_path is not None and changed and processes.is_main:
-        save_stats(stats, stats_path)
+        save_stats_or_fallback(stats, stats_path)
     return stats, by_slot, clips.kept
+
+
+def save_stats_or_fallback(stats, stats_path: Path) -> Path:
+    """Save the stats file; where that fails (disk full, permissions) save it in the temporary folder instead and
+    say where, so that a calibration run is never lost to a full disk."""
+    import tempfile
+
+    try:
+        return save_stats(stats, stats_path)
+    except OSError as error:
+        fallback = Path(tempfile.gettempdir()) / f"lite-whisper-{stats_path.name}"
+        try:
+            save_stats(stats, fallback)
+        except OSError:
+            logger.warning("could not save the statistics to %s (%s) nor to %s; the run continues without them",
+                           stats_path, error.strerror or error, fallback)
+            stats.sensitivity_probe = dict(stats.sensitivity_probe, unsaved=str(error.strerror or error))
+            return stats_path
+        logger.warning("could not save the statistics to %s (%s); saved them to %s instead", stats_path,
+                       error.strerror or error, fallback)
+        stats.sensitivity_probe = dict(stats.sensitivity_probe, saved_instead=str(fallback))
+        return fallback
 
 
 def compress(
@@ -221,7 +272,7 @@ def compress(
     thresholds: Optional[Thresholds] = None,
     target_encoder_params=None,
     policy: str = DEFAULT_POLICY,
-    num_samples: int = 100,
+    num_samples: Optional[int] = None,
     batch_size: int = 8,
     stats_path=None,
     frames: Optional[str] = None,
@@ -236,6 +287,7 @@ def compress(
     recovery: str = "auto",
     recover_steps: Optional[int] = None,
     processes: Optional[Processes] = None,
+    reuse_stats: bool = False,
     balance: str = DEFAULT_BALANCE,
 ) -> CompressResult:
     """Stock Whisper (`model`: Hub id or folder) -> LiteWhisper repo at `out_dir`.
@@ -256,9 +308,19 @@ def compress(
     distributed.Processes) and each process's own `device`. Calibration, the sensitivity probe and recovery
     split the clips across processes and sum their statistics; every process plans the same ranks; the main
     process alone writes the stats file and the repo and runs the smoke test (`smoke` is None elsewhere).
+
+    Every argument, path, the model folder and an existing stats file are checked before anything runs
+    (checks.py; InputError). `calibration`/`num_samples` None: those of an existing `stats_path`, else the
+    default source and 100 clips; given ones that disagree with the file raise unless `reuse_stats`.
     """
     processes = Processes.of(processes)
     progress = progress and processes.is_main
+    header = check_compress_inputs(model, out_dir, calibration, num_samples, batch_size, stats_path, frames, device,
+                                   probe_clips, overwrite, recovery, recover_steps, target_encoder_params, preset,
+                                   thresholds, policy, smoke_test, reuse_stats)
+    stats_reused = header is not None
+    if num_samples is None:
+        num_samples = int(header["utterances"]) if header else DEFAULT_NUM_SAMPLES
     out_dir = check_output(out_dir, overwrite)
     seed_everything(seed)
     base, feature_extractor = load_base(model, device, dtype)
@@ -302,13 +364,18 @@ def compress(
     def write_repo():
         if not processes.is_main:
             return out_dir, None
-        smoke_clip = None
-        if smoke_test:
-            smoke_clip = kept[0] if kept else first_clips(calibration, 1, balance)[0]
-        return export(lite.to("cpu"), out_dir, str(model), recipe, base_config=base.config, smoke_clip=smoke_clip,
+        smoke_clips = held_out_clips(calibration, num_samples, balance=balance) if smoke_test else None
+        return export(lite.to("cpu"), out_dir, str(model), recipe, base_config=base.config, smoke_clip=smoke_clips,
                       overwrite=overwrite)
 
     out_dir, smoke = processes.run(write_repo, "export")
+    notes = []
+    if not stats_reused and stats.utterances < num_samples:
+        notes.append(f"the calibration source yielded {stats.utterances} clips of the {num_samples} asked for")
+    for key, text in (("saved_instead", "the statistics could not be saved to {path}; saved to {value} instead"),
+                      ("unsaved", "the statistics could not be saved to {path} ({value})")):
+        if key in stats.sensitivity_probe:
+            notes.append(text.format(path=stats_path, value=stats.sensitivity_probe[key]))
     return CompressResult(
         out_dir=out_dir,
         low_rank_config=low_rank_config,
@@ -316,4 +383,37 @@ def compress(
         encoder_params=rank_policy["encoder_params"],
         stock_encoder_params=int(encoder_parameters(base.config)),
         smoke=smoke,
+        calibration_clips=stats.utterances,
+        calibration_seconds=stats.seconds,
+        stats_reused=stats_reused,
+        notes=notes,
     )
+
+
+def check_compress_inputs(model, out_dir, calibration, num_samples, batch_size, stats_path, frames, device,
+                          probe_clips, overwrite, recovery, recover_steps, target_encoder_params, preset, thresholds,
+                          policy, smoke_test, reuse_stats) -> Optional[dict]:
+    """Every check that needs no model weights and no audio (checks.py), in the order a user would fix them;
+    returns the header of an existing stats file to reuse (None: calibration will run)."""
+    check_count("--num-samples", num_samples)
+    check_count("--batch-size", batch_size)
+    check_count("--probe-clips", probe_clips)
+    check_recovery_request(recovery, recover_steps)
+    check_size_target(target_encoder_params)
+    check_device(device)
+    sources = calibration_sources(calibration) if calibration is not None else None
+    check_output_folder(out_dir, overwrite, {"MODEL": model, "--stats": stats_path,
+                                             **{f"--calibration {source}": source for source in sources or ()}})
+    config = check_whisper_config(check_base_model(model), model)
+    check_request(config, preset, thresholds, target_encoder_params, policy)
+    header = check_stats_request(stats_path, mix_name(sources) if sources else None, num_samples, frames, reuse_stats)
+    needs_audio = header is None or smoke_test or recovery != "none" or recover_steps
+    if needs_audio:
+        clips_needed = num_samples if num_samples is not None else (header["utterances"] if header else DEFAULT_NUM_SAMPLES)
+        for source in sources or (DEFAULT_CALIBRATION,):  # a mix may take fewer clips of each source
+            check_data_source("--calibration", source,
+                              clips_needed if len(sources or ()) == 1 and (header is None or calibration) else None)
+    if header and frames is not None and frames != header["frames"] and reuse_stats:
+        raise StatsMismatchError(f"{stats_path} holds statistics over {header['frames']!r} frames but {frames!r} was "
+                                 "asked for; drop --frames or use another --stats file")
+    return header

@@ -12,11 +12,13 @@ staging folder that is renamed into place only when complete.
 """
 
 import importlib.util
+import inspect
 import json
 import logging
 import os
 import re
 import shutil
+import tempfile
 import uuid
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -339,6 +341,7 @@ def whisper_state_dict(model: CT2Model) -> Tuple[Dict[str, torch.Tensor], Whispe
     d = dims.d_model
     embeddings = variables.take("decoder/embeddings/weight", (dims.vocab_size, d))
     projection = variables.take("decoder/projection/weight", (dims.vocab_size, d))
+    check_finite({"decoder/embeddings/weight": embeddings, "decoder/projection/weight": projection})
     if not torch.equal(projection, embeddings):
         raise WeightMappingError("decoder/projection/weight differs from the embeddings; Whisper ties them")
     if variables.has("decoder/projection/bias"):
@@ -447,7 +450,8 @@ def parse_vocabulary(tokens: Sequence[str], vocab_size: int) -> WhisperVocabular
         if match is None or match.group(1) not in LANGUAGES:
             raise VocabularyError(f"token {index} is {tokens[index]!r}, expected a Whisper language token")
         if token != tokens[index]:
-            logger.warning("renaming legacy language token %s to %s", tokens[index], token)
+            # CTranslate2 vocabularies keep Whisper's old code for Hebrew; a fix we make, nothing to act on
+            logger.info("renaming legacy language token %s to %s", tokens[index], token)
             tokens[index] = token
     for offset, names in enumerate(TASK_TOKENS):
         found = tokens[translate + offset] if translate + offset < len(tokens) else None
@@ -455,7 +459,7 @@ def parse_vocabulary(tokens: Sequence[str], vocab_size: int) -> WhisperVocabular
             raise VocabularyError(f"token {translate + offset} is {found!r}, expected {' or '.join(names)}")
     timestamp_begin = translate + len(TASK_TOKENS)
     if len(tokens) == timestamp_begin:
-        logger.warning("the vocabulary lacks the %d timestamp tokens; adding them", NUM_TIMESTAMPS)
+        logger.info("the vocabulary lacks the %d timestamp tokens; adding them", NUM_TIMESTAMPS)
         tokens += timestamp_tokens()
     elif tokens[timestamp_begin:] != timestamp_tokens():
         raise VocabularyError(f"tokens from {timestamp_begin} on are not the {NUM_TIMESTAMPS} timestamp tokens")
@@ -515,14 +519,26 @@ def check_tokenizer_json(path: Path, vocabulary: WhisperVocabulary, merges: Sequ
     shipped = set(shipped)
     restored = [merge for merge in merges if merge not in shipped]
     if restored:
-        logger.warning("%s lacks %d BPE merge(s) %s; restored from the token ranks",
+        logger.info("%s lacks %d BPE merge(s) %s; restored from the token ranks",
                        path, len(restored), [" ".join(merge) for merge in restored[:5]])
+
+
+def _whisper_tokenizer(vocab: Dict[str, int], merges: List[Tuple[str, str]], **kwargs) -> WhisperTokenizer:
+    """transformers 5's WhisperTokenizer takes the vocabulary and merges in memory; 4.x's reads them from
+    vocab.json and merges.txt files."""
+    if "vocab_file" not in inspect.signature(WhisperTokenizer.__init__).parameters:
+        return WhisperTokenizer(vocab=vocab, merges=merges, **kwargs)
+    with tempfile.TemporaryDirectory(prefix="lite-whisper-tokenizer-") as folder:
+        vocab_file, merges_file = Path(folder) / "vocab.json", Path(folder) / "merges.txt"
+        vocab_file.write_text(json.dumps(vocab, ensure_ascii=False), encoding="utf-8")
+        merges_file.write_text("#version: 0.2\n" + "".join(f"{a} {b}\n" for a, b in merges), encoding="utf-8")
+        return WhisperTokenizer(str(vocab_file), str(merges_file), **kwargs)
 
 
 def build_tokenizer(vocabulary: WhisperVocabulary, merges: Sequence[Tuple[str, str]]) -> WhisperTokenizer:
     """A WhisperTokenizer whose id -> token mapping is exactly the model's vocabulary."""
     tokens = vocabulary.tokens
-    tokenizer = WhisperTokenizer(
+    tokenizer = _whisper_tokenizer(
         vocab={token: index for index, token in enumerate(tokens[:vocabulary.eot + 1])},
         merges=list(merges),
         normalizer_file=str(SPELLING_MAP),
@@ -640,10 +656,19 @@ class ImportedWhisper:
     processor: WhisperProcessor
 
 
+def check_finite(state: Dict[str, torch.Tensor]) -> None:
+    """Refuse weights holding NaN or infinity: a model.bin damaged in transit or by a failed conversion."""
+    for name, tensor in state.items():
+        if tensor.is_floating_point() and not torch.isfinite(tensor).all():
+            raise WeightMappingError(f"weight {name} holds NaN or infinite values: the model.bin is damaged; "
+                                     "re-download or re-convert it")
+
+
 def convert_checkpoint(checkpoint: CT2Checkpoint, dtype: str) -> ImportedWhisper:
     """Read, map and check everything in memory; any problem raises before a file is written."""
     model = read_model_bin(checkpoint.model_files)
     state, dims = whisper_state_dict(model)
+    check_finite(state)
     vocabulary = parse_vocabulary(read_vocabulary(checkpoint.vocabulary_file), dims.vocab_size)
     merges = derive_merges(vocabulary.tokens[:vocabulary.eot])
     if checkpoint.tokenizer_file is not None:
@@ -673,9 +698,12 @@ def write_whisper_folder(imported: ImportedWhisper, folder: Path) -> None:
     tokenizer.save_vocabulary(str(folder))  # vocab.json, merges.txt, normalizer.json (the spelling map)
     # The legacy files older transformers versions wrote beside tokenizer.json.
     specials = {name: str(value) for name, value in tokenizer.special_tokens_map.items() if isinstance(value, str)}
-    specials["additional_special_tokens"] = [str(token) for token in tokenizer.extra_special_tokens]
+    extra = tokenizer.extra_special_tokens  # transformers 4.x: a dict of named tokens; its list is the next one
+    extra = extra if isinstance(extra, list) else tokenizer.additional_special_tokens
+    specials["additional_special_tokens"] = [str(token) for token in extra]
     _write_json(folder / "special_tokens_map.json", specials)
-    base_size = tokenizer.backend_tokenizer.get_vocab_size(with_added_tokens=False)
+    base_size = tokenizer.backend_tokenizer.get_vocab_size(with_added_tokens=False) \
+        if hasattr(tokenizer, "backend_tokenizer") else len(tokenizer.encoder)  # 5's tokenizers, or 4.x's Python BPE
     _write_json(folder / "added_tokens.json",
                 {token: index for token, index in tokenizer.get_added_vocab().items() if index >= base_size})
     _make_tokenizer_config_readable_by_transformers_4(folder / "tokenizer_config.json")
@@ -740,7 +768,12 @@ def import_ct2(sources: Sequence[str], out_dir, dtype: str = "float16", overwrit
         raise ValueError(f"dtype must be one of {sorted(DTYPES)}, not {dtype!r}")
     out_dir = Path(out_dir)
     _check_output(out_dir, overwrite)
-    imported = convert_checkpoint(locate_checkpoint(sources), dtype)
+    checkpoint = locate_checkpoint(sources)
+    for source in {path.parent.resolve() for path in checkpoint.model_files + [checkpoint.config_file]}:
+        if source == out_dir.resolve() or out_dir.resolve() in source.parents:
+            raise OutputExistsError(f"--out {out_dir} overlaps the source {source}: writing there would "
+                                    f"{'delete' if overwrite else 'mix into'} it; choose another --out")
+    imported = convert_checkpoint(checkpoint, dtype)
     with _staging_folder(out_dir, overwrite) as staging:
         write_whisper_folder(imported, staging)
     return out_dir

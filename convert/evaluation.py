@@ -191,10 +191,13 @@ def load_model(model_id_or_path, device: Optional[str] = None, dtype: Optional[t
     """
     from transformers import AutoModelForSpeechSeq2Seq, AutoProcessor
 
+    import configuration_lite_whisper  # noqa: F401  registers "lite-whisper": AutoProcessor then never prompts
+
     device = device or default_device()
     dtype = dtype or default_dtype(device)
-    model = AutoModelForSpeechSeq2Seq.from_pretrained(str(model_id_or_path), dtype=dtype, trust_remote_code=True)
-    model = model.to(device).eval()
+    # Cast after loading: from_pretrained's dtype keyword is `torch_dtype` before transformers 4.56.
+    model = AutoModelForSpeechSeq2Seq.from_pretrained(str(model_id_or_path), trust_remote_code=True)
+    model = model.to(device=device, dtype=dtype).eval()
     processor = AutoProcessor.from_pretrained(str(model_id_or_path), trust_remote_code=True)
     return model, processor
 
@@ -252,8 +255,8 @@ def _features(processor, audios: List[np.ndarray], device, dtype) -> Tuple[dict,
             audios, sampling_rate=SAMPLING_RATE, return_tensors="pt", truncation=False, padding="longest",
             return_attention_mask=True,
         )
-    else:
-        inputs = feature_extractor(audios, sampling_rate=SAMPLING_RATE, return_tensors="pt")
+    else:  # the mask too: without it, generate warns on every batch (Whisper's pad token is its eos)
+        inputs = feature_extractor(audios, sampling_rate=SAMPLING_RATE, return_tensors="pt", return_attention_mask=True)
     inputs = {
         key: value.to(device=device, dtype=dtype if value.is_floating_point() else value.dtype)
         for key, value in inputs.items()
@@ -545,19 +548,25 @@ def evaluate(
     Data parallelism: call this on every process of an `accelerate launch` job with the job's `processes` and
     each process's own `device`; each process transcribes its shard and every process returns the same results.
     """
-    from .distributed import Processes
+    from .distributed import Processes, RankFailedError
 
     processes = Processes.of(processes)
     sources = expand_sources(data_sources)
     if model is None or processor is None:
         model, processor = load_model(model_id_or_path, device=device, dtype=dtype)
-    datasets = {}
+    datasets, failed = {}, {}
     for source in sources:
-        result = evaluate_dataset(model, processor, source, limit, batch_size, language, generate_kwargs, progress,
-                                  fallback, processes)
+        try:
+            result = evaluate_dataset(model, processor, source, limit, batch_size, language, generate_kwargs, progress,
+                                      fallback, processes)
+        except (ValueError, OSError, RankFailedError) as error:  # one bad set must not lose the others' results
+            failed[source] = (str(error).strip().splitlines() or [type(error).__name__])[0]
+            continue
         if not keep_transcripts:
             result.pop("transcripts")
         datasets[_unique_name(source_name(source), datasets)] = result
+    if not datasets:
+        raise EvaluationError("no data set could be scored: " + "; ".join(f"{name}: {why}" for name, why in failed.items()))
     results = {
         "model": str(model_id_or_path),
         "model_type": model_type(model),
@@ -576,6 +585,8 @@ def evaluate(
         "dtype": str(model.dtype).removeprefix("torch."),
         "machine": machine_info(),
     }
+    if failed:
+        results["failed_datasets"] = failed  # source -> why it could not be scored; mean_wer covers the others
     return results
 
 
@@ -617,6 +628,8 @@ def format_results(results: dict) -> str:
     label = f"mean {metrics.pop().upper()}" if len(metrics) == 1 else "mean error rate (WER and CER)"
     lines.append(f"  {label} over {len(results['datasets'])} set(s): {results['mean_wer']:.2f}%  "
                  f"[{results['normalizer']}]")
+    for source, reason in results.get("failed_datasets", {}).items():
+        lines.append(f"  NOT SCORED {source}: {reason}")
     if "fallback" in results:
         wers = ", ".join(f"{name} {result['error_rate']:.2f}%" for name, result in results["fallback"]["datasets"].items())
         lines.append(f"  with temperature fallback (a decoding safeguard, not the greedy metric): {wers}; "

@@ -30,6 +30,7 @@ import numpy as np
 import torch
 
 from configuration_lite_whisper import LOW_RANK_SLOTS
+from modeling_lite_whisper import apply_umask
 
 from . import __version__
 from .measures import encoder_flops, encoder_parameters
@@ -82,9 +83,10 @@ class Recipe:
 
 @dataclass
 class SmokeResult:
-    clip: str
-    lite_text: str
+    clip: str  # the clip names, comma-separated
+    lite_text: str  # one transcript per clip, " | "-separated
     stock_text: str
+    held_out: bool = True  # False where the source had no clip left after the calibration clips
 
 
 # ------------------------------------------------------------------------------------------------ README
@@ -237,53 +239,101 @@ _SMOKE_SCRIPT = """
 import json, sys
 import numpy as np, torch
 from transformers import AutoModelForSpeechSeq2Seq, AutoProcessor
-folder, base, clip, max_new_tokens = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
-audio = np.load(clip)
+folder, base, clips, max_new_tokens = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
+audios = list(np.load(clips).values())
 texts = {}
 for key, path, remote in (("lite", folder, True), ("stock", base, False)):
-    model = AutoModelForSpeechSeq2Seq.from_pretrained(path, trust_remote_code=remote, dtype=torch.float32).eval()
+    model = AutoModelForSpeechSeq2Seq.from_pretrained(path, trust_remote_code=remote).float().eval()
     if key == "lite":
         assert type(model).__name__ == "LiteWhisperForConditionalGeneration", type(model).__name__
         assert type(model).__module__.startswith("transformers_modules"), type(model).__module__
     processor = AutoProcessor.from_pretrained(path, trust_remote_code=remote)
-    features = processor(audio, sampling_rate=16000, return_tensors="pt").input_features
     kwargs = dict(max_new_tokens=min(max_new_tokens, model.config.max_target_positions // 2), num_beams=1, do_sample=False)
     if getattr(model.generation_config, "is_multilingual", False):
         kwargs["task"] = "transcribe"
-    with torch.inference_mode():
-        ids = model.generate(features, **kwargs)
-    texts[key] = processor.batch_decode(ids, skip_special_tokens=True)[0].strip()
+    texts[key] = []
+    for audio in audios:
+        features = processor(audio, sampling_rate=16000, return_tensors="pt").input_features
+        with torch.inference_mode():
+            ids = model.generate(features, **kwargs)
+        texts[key].append(processor.batch_decode(ids, skip_special_tokens=True)[0].strip())
     del model
 print("SMOKE " + json.dumps(texts))
 """
+# The smoke test fails when the lite model's transcripts of the held-out clips differ from the stock model's by more
+# than this word error rate (stock as reference), or loop where the stock model's do not.
+SMOKE_MAX_WER = 0.5
+LOOP_COMPRESSION_RATIO = 2.4  # Whisper's threshold for repetitive text (zlib compression ratio of the transcript)
 
 
-def smoke_test(folder, base_model: str, audio: np.ndarray, clip_name: str = "clip",
-               timeout: float = SMOKE_TEST_TIMEOUT_S) -> SmokeResult:
+def compression_ratio(text: str) -> float:
+    """len(text) / len(zlib(text)): high for text that repeats itself (a decoding loop)."""
+    import zlib
+
+    data = text.encode("utf-8")
+    return len(data) / len(zlib.compress(data)) if data else 0.0
+
+
+def transcript_distance(references: List[str], hypotheses: List[str]) -> float:
+    """Word error rate of `hypotheses` against `references` (lower-cased words, punctuation ignored)."""
+    import re
+
+    import jiwer
+
+    def words(text):
+        return " ".join(re.findall(r"[\w']+", text.lower()))
+
+    pairs = [(words(r), words(h)) for r, h in zip(references, hypotheses) if words(r)]
+    if not pairs:
+        return 0.0
+    return jiwer.wer([r for r, _ in pairs], [h for _, h in pairs])
+
+
+def check_smoke_transcripts(stock: List[str], lite: List[str], clip_names: List[str]) -> None:
+    """Raise SmokeTestError when the lite model collapsed: empty or looping where stock is not, or far from stock."""
+    for name, stock_text, lite_text in zip(clip_names, stock, lite):
+        if stock_text and not lite_text:
+            raise SmokeTestError(f"smoke test: the LiteWhisper model transcribed {name} as empty text "
+                                 f"(stock: {stock_text!r}); the compression is too aggressive or calibration failed")
+        if compression_ratio(lite_text) > LOOP_COMPRESSION_RATIO >= compression_ratio(stock_text):
+            raise SmokeTestError(f"smoke test: the LiteWhisper model loops on {name} ({lite_text[:80]!r}...; stock: "
+                                 f"{stock_text!r}); choose a larger size or another recovery")
+    distance = transcript_distance(stock, lite)
+    if distance > SMOKE_MAX_WER:
+        raise SmokeTestError(f"smoke test: the LiteWhisper transcripts of {len(stock)} held-out clips differ from the "
+                             f"stock model's by {100 * distance:.0f} % WER (limit {100 * SMOKE_MAX_WER:.0f} %), e.g. "
+                             f"{lite[0]!r} vs {stock[0]!r}; the compressed model has collapsed: choose a larger size, "
+                             "more calibration audio or recovery")
+
+
+def smoke_test(folder, base_model: str, audio, clip_name="clip", timeout: float = SMOKE_TEST_TIMEOUT_S) -> SmokeResult:
     """Reload `folder` with trust_remote_code in a fresh process (an isolated interpreter started elsewhere, so
-    the model code comes from the folder) and transcribe `audio` with it and with the stock `base_model`."""
+    the model code comes from the folder) and transcribe `audio` (one array, or a list of them named by the list
+    `clip_name`) with it and with the stock `base_model`; SmokeTestError when the lite model collapsed."""
+    audios = audio if isinstance(audio, (list, tuple)) else [audio]
+    names = list(clip_name) if isinstance(clip_name, (list, tuple)) else [clip_name]
     folder = Path(folder).resolve()
     base = str(Path(base_model).resolve()) if Path(base_model).exists() else str(base_model)
     with tempfile.TemporaryDirectory(prefix="lite-whisper-smoke-") as scratch:
-        clip = Path(scratch) / "clip.npy"
-        np.save(clip, np.asarray(audio, dtype=np.float32))
+        clips = Path(scratch) / "clips.npz"
+        np.savez(clips, *[np.asarray(one, dtype=np.float32) for one in audios])
         env = {key: value for key, value in os.environ.items() if key != "PYTHONPATH"}
-        command = [sys.executable, "-I", "-c", _SMOKE_SCRIPT, str(folder), base, str(clip), str(SMOKE_TEST_MAX_NEW_TOKENS)]
+        command = [sys.executable, "-I", "-c", _SMOKE_SCRIPT, str(folder), base, str(clips), str(SMOKE_TEST_MAX_NEW_TOKENS)]
+        # No stdin: under a launcher stdin may be a terminal, and a prompt must never wait for an answer. `run`
+        # kills the child on any exception here, the KeyboardInterrupt a signal raises included.
         try:
-            # No stdin: under a launcher stdin may be a terminal, and a prompt must never wait for an answer.
             result = subprocess.run(command, cwd=scratch, env=env, stdin=subprocess.DEVNULL, capture_output=True,
                                     text=True, timeout=timeout)
         except subprocess.TimeoutExpired:
             raise SmokeTestError(f"smoke test: reloading and transcribing took over {timeout:.0f} s") from None
     _, marker, answer = result.stdout.rpartition("SMOKE ")  # libraries may print before it on the same line
     if result.returncode != 0 or not marker:
-        raise SmokeTestError(f"smoke test: the exported folder did not reload and transcribe (exit status "
-                             f"{result.returncode}):\n{result.stderr[-3000:]}\nstdout: {result.stdout[-1000:]}")
+        last = (result.stderr.strip().splitlines() or ["no output"])[-1]
+        raise SmokeTestError(f"smoke test: the exported folder did not reload and transcribe in a fresh process "
+                             f"(exit status {result.returncode}: {last})")
     texts = json.loads(answer.splitlines()[0])
-    if texts["stock"] and not texts["lite"]:
-        raise SmokeTestError(f"smoke test: the LiteWhisper model transcribed {clip_name} as empty text "
-                             f"(stock: {texts['stock']!r})")
-    return SmokeResult(clip=clip_name, lite_text=texts["lite"], stock_text=texts["stock"])
+    check_smoke_transcripts(texts["stock"], texts["lite"], names)
+    return SmokeResult(clip=", ".join(names), lite_text=" | ".join(texts["lite"]), stock_text=" | ".join(texts["stock"]))
 
 
 # ------------------------------------------------------------------------------------------------ export
@@ -303,7 +353,8 @@ def export(
 
     `base_model`: the stock model's folder or Hub id, source of the processor, tokenizer and generation config.
     `base_config`: its config (for the README's stock sizes; default: the lite config without ranks).
-    `smoke_clip`: an audio.Utterance to smoke-test the folder with before it is moved into place (None: skip).
+    `smoke_clip`: audio.Utterance(s) to smoke-test the folder with before it is moved into place (None: skip): an
+    Utterance, a list of them, or (list, held_out) as compress.held_out_clips returns it.
     Returns (out_dir, SmokeResult or None).
     """
     out_dir = check_output(out_dir, overwrite)
@@ -320,7 +371,11 @@ def export(
         (staging / "README.md").write_text(readme_text(summary, lite_model.config.encoder_layers))
         smoke = None
         if smoke_clip is not None:
-            smoke = smoke_test(staging, base_model, smoke_clip.audio, smoke_clip.name)
+            clips, held_out = smoke_clip if isinstance(smoke_clip, tuple) else (smoke_clip, True)
+            clips = clips if isinstance(clips, list) else [clips]
+            smoke = smoke_test(staging, base_model, [clip.audio for clip in clips], [clip.name for clip in clips])
+            smoke.held_out = held_out
+        apply_umask(staging)
         _move_into_place(staging, out_dir, overwrite)
     finally:
         shutil.rmtree(staging, ignore_errors=True)

@@ -32,13 +32,14 @@ import torch
 from transformers import AutoModelForSpeechSeq2Seq, AutoProcessor
 
 path = sys.argv[1]
-model = AutoModelForSpeechSeq2Seq.from_pretrained(path, trust_remote_code=True, dtype=torch.float32).eval()
+# exactly as a user of a stock Whisper repo would: default dtype, float features from the processor
+model = AutoModelForSpeechSeq2Seq.from_pretrained(path, trust_remote_code=True).eval()
 processor = AutoProcessor.from_pretrained(path, trust_remote_code=True)
 audio = (0.01 * np.random.default_rng(0).standard_normal(16000)).astype(np.float32)
 features = processor.feature_extractor(audio, sampling_rate=16000, return_tensors="pt").input_features
 with torch.inference_mode():
     tokens = model.generate(features, max_new_tokens=3)
-print(json.dumps({"class": type(model).__name__, "module": type(model).__module__,
+print("LOADED " + json.dumps({"class": type(model).__name__, "module": type(model).__module__,
                   "config": type(model.config).__name__, "tokens": int(tokens.shape[-1])}))
 """
 
@@ -67,7 +68,10 @@ def missing_files(folder) -> List[str]:
         problems.append("config.json")
         config = {}
     else:
-        config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+        try:
+            config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError) as error:
+            raise PushError(f"{folder / 'config.json'} is not readable JSON ({error}); re-export the folder") from None
         if config.get("model_type") != "lite-whisper":
             problems.append(f"a LiteWhisper config (config.json has model_type {config.get('model_type')!r})")
         auto_map = config.get("auto_map") or {}
@@ -97,16 +101,19 @@ def load_in_fresh_process(folder, timeout: float = VALIDATION_TIMEOUT_S) -> dict
         environment = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1",
                            HF_MODULES_CACHE=str(Path(scratch) / "modules"))
         try:
-            completed = subprocess.run(
+            completed = subprocess.run(  # no stdin: a prompt must fail, never wait or print into the JSON
                 [sys.executable, "-c", _LOAD_CHECK, str(folder)], cwd=scratch, env=environment,
-                capture_output=True, text=True, timeout=timeout,
+                stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=timeout,
             )
         except subprocess.TimeoutExpired:
             raise PushError(f"{folder}: loading it in a fresh process took over {timeout:.0f} s") from None
     if completed.returncode != 0:
         last_lines = "\n".join(completed.stderr.strip().splitlines()[-15:])
         raise PushError(f"{folder} does not load with trust_remote_code in a fresh process:\n{last_lines}")
-    loaded = json.loads(completed.stdout.strip().splitlines()[-1])
+    _, marker, answer = completed.stdout.rpartition("LOADED ")
+    if not marker:
+        raise PushError(f"{folder}: the fresh-process load printed no result: {completed.stdout.strip()[-300:]!r}")
+    loaded = json.loads(answer.splitlines()[0])
     if not loaded["module"].startswith("transformers_modules"):
         raise PushError(
             f"{folder}: {loaded['class']} came from {loaded['module']}, not from the folder's own code "
@@ -115,17 +122,30 @@ def load_in_fresh_process(folder, timeout: float = VALIDATION_TIMEOUT_S) -> dict
     return loaded
 
 
-def validate_folder(folder, load: bool = True) -> List[str]:
-    """Check a LiteWhisper repo folder is complete and loads on its own; returns the files to upload."""
+def validate_folder(folder, load: bool = True, include_unusual_files: bool = False) -> List[str]:
+    """Check a LiteWhisper repo folder is complete, its config and weights agree exactly and are finite, it holds
+    no stats file or likely credential (unless `include_unusual_files`) and it loads on its own; returns the files
+    to upload."""
+    from .checks import InputError, check_lite_whisper_folder, unusual_upload_files
+
     folder = Path(folder)
     if not folder.is_dir():
         raise PushError(f"{folder}: no such folder")
     problems = missing_files(folder)
     if problems:
         raise PushError(f"{folder} is not a complete LiteWhisper repo; missing: " + "; ".join(problems))
+    files = upload_files(folder)
+    unusual = unusual_upload_files(folder, files)
+    if unusual and not include_unusual_files:
+        raise PushError(f"{folder} holds files that should not be published: {', '.join(unusual)}; move them out of "
+                        "the folder, or pass --include-unusual-files to upload them anyway")
+    try:
+        check_lite_whisper_folder(folder)
+    except InputError as error:
+        raise PushError(str(error)) from None
     if load:
         load_in_fresh_process(folder)
-    return upload_files(folder)
+    return files
 
 
 def require_token(token: Optional[str] = None) -> str:
@@ -148,6 +168,7 @@ def push_folder(
     token: Optional[str] = None,
     validate: bool = True,
     log=print,
+    include_unusual_files: bool = False,
 ) -> Optional[str]:
     """Validate `folder`, then upload it to `repo_id` in one commit; returns the commit URL (None on a dry run).
 
@@ -160,7 +181,7 @@ def push_folder(
         raise PushError(f"--repo-id must be ORG/NAME, got {repo_id!r}")
     if not dry_run:
         token = require_token(token)  # fail before the slow validation
-    files = validate_folder(folder, load=validate)
+    files = validate_folder(folder, load=validate, include_unusual_files=include_unusual_files)
     target = f"{repo_id}" + (f"@{revision}" if revision else "") + (" (private)" if private else "")
     total = sum((folder / name).stat().st_size for name in files)
     if dry_run:

@@ -33,7 +33,10 @@ from .ranks import RANK_MULTIPLE
 
 DEFAULT_PROBE_CLIPS = 32
 DEFAULT_LEVEL = 0.99  # explained variance at which each slot is probed
-MAX_NEW_TOKENS = 128
+# Length limit of a probe transcript, against repetition loops. Passed as `max_length`, which Whisper's generate
+# counts from the end of the decoder prompt: `max_new_tokens` beside the max_length every Whisper generation config
+# carries makes transformers warn on every batch.
+MAX_LENGTH = 128
 
 
 @dataclass
@@ -54,7 +57,7 @@ class ProbeSet:
 
 
 def _generate_kwargs(model, languages: Optional[List[str]] = None) -> dict:
-    kwargs = dict(max_new_tokens=min(MAX_NEW_TOKENS, model.config.max_target_positions // 2), num_beams=1, do_sample=False)
+    kwargs = dict(max_length=min(MAX_LENGTH, model.config.max_target_positions // 2), num_beams=1, do_sample=False)
     if languages:  # a multilingual model: transcribe each clip in its language
         kwargs.update(task="transcribe", language=list(languages))
     return kwargs
@@ -100,7 +103,9 @@ def probe_set(model, feature_extractor, clips: Iterable, batch_size: int = 8) ->
     audios = [clip.audio for clip in clips]
     if not audios:
         raise ValueError("a sensitivity probe needs at least one clip")
-    features = feature_extractor(audios, sampling_rate=feature_extractor.sampling_rate, return_tensors="pt").input_features
+    inputs = feature_extractor(audios, sampling_rate=feature_extractor.sampling_rate, return_tensors="pt",
+                               return_attention_mask=True)  # without it, generate warns on a batch
+    features = inputs.input_features
     given = [getattr(clip, "language", None) for clip in clips]
     languages = clip_languages(model, features, given, batch_size)
     parameter = next(model.parameters())
@@ -108,9 +113,10 @@ def probe_set(model, feature_extractor, clips: Iterable, batch_size: int = 8) ->
     with torch.inference_mode():
         for start in range(0, len(audios), batch_size):
             batch = features[start : start + batch_size].to(device=parameter.device, dtype=parameter.dtype)
+            mask = inputs.attention_mask[start : start + batch_size].to(parameter.device)
             # The full sequences: decoder prompt, transcript, eos (plain generate drops the prompt and eos).
             kwargs = _generate_kwargs(model, [language for language in languages[start : start + batch_size] if language])
-            output = model.generate(batch, return_dict_in_generate=True, **kwargs)
+            output = model.generate(batch, attention_mask=mask, return_dict_in_generate=True, **kwargs)
             transcripts.append(output["sequences"].cpu())
     width = max(ids.shape[1] for ids in transcripts)
     eos = model.generation_config.eos_token_id
@@ -178,7 +184,8 @@ def measure_sensitivity(
         low_rank_config[layer_index][slot] = rank
         discarded = 1.0 - float(curve[rank - 1])
         loss = probe_loss(decompose(model, spectra_by_slot, low_rank_config), probes, processes)
-        sensitivity[key] = loss / discarded if discarded > 0 else 0.0
+        # KL is >= 0; a slightly negative estimate is rounding noise: the slot is insensitive
+        sensitivity[key] = max(loss, 0.0) / discarded if discarded > 0 else 0.0
     return sensitivity
 
 

@@ -39,6 +39,15 @@ TINY_WHISPER = dict(
 )
 
 
+def dtype_argument(dtype) -> dict:
+    """`from_pretrained`'s keyword for the weights' dtype: `dtype` since transformers 4.56, `torch_dtype` before
+    (CI also runs the model-file tests under the oldest transformers setup.cfg allows)."""
+    import transformers
+
+    renamed = tuple(int(part) for part in transformers.__version__.split(".")[:2]) >= (4, 56)
+    return {"dtype" if renamed else "torch_dtype": dtype}
+
+
 def factorise_exactly(dense_model, low_rank_config):
     """A LiteWhisper that computes exactly what `dense_model` computes after its slots are cut to rank.
 

@@ -89,13 +89,15 @@ def test_shards_merge_and_reduce_to_the_whole():
     # Two processes holding these shards, each summing the other's tensors into its own (what all_reduce does).
     partner = {id(tensor): other for mine, theirs in zip(shards[0].slots.values(), shards[1].slots.values())
                for tensor, other in ((mine.total, theirs.total), (mine.outer, theirs.outer))}
-    counts_of_partner = torch.tensor([shards[1].utterances] + [shards[1].slots[key].count for key in sorted(shards[1].slots)])
+    counts_of_partner = torch.tensor([shards[1].utterances] + [shards[1].slots[key].count for key in sorted(shards[1].slots)]
+                                     + [shards[1].real_positions, round(shards[1].seconds * 1000)])
 
     def fake_all_reduce(tensor):
         tensor += partner[id(tensor)] if id(tensor) in partner else counts_of_partner
 
     reduced = reduce_stats(shards[0], fake_all_reduce)
     assert reduced.utterances == 6
+    assert reduced.real_positions == whole.real_positions and abs(reduced.seconds - whole.seconds) < 1e-2
     for key in whole.slots:
         assert reduced.slots[key].count == whole.slots[key].count
         torch.testing.assert_close(reduced.slots[key].total, whole.slots[key].total)

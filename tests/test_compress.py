@@ -13,6 +13,7 @@ from compress_fixtures import write_clips, write_tiny_base
 from lite_whisper_convert import cli, compress as compress_module
 from lite_whisper_convert.audio import SAMPLING_RATE, AudioDataError
 from lite_whisper_convert.calibration import CalibrationError, StatsMismatchError, load_stats
+from lite_whisper_convert.checks import InputError
 from lite_whisper_convert.compress import compress
 from lite_whisper_convert.ranks import RankPolicyError, Thresholds
 
@@ -125,19 +126,20 @@ def _bad_folder(kind, folder):
     return folder
 
 
-@pytest.mark.parametrize("kind, message", [
-    ("empty folder", "no audio files found"),
-    ("non-audio", "not a readable audio file"),
-    ("silent", "silent"),
-    ("empty audio", "empty"),
+@pytest.mark.parametrize("kind, clips, message", [
+    ("empty folder", 1, "no audio files found"),
+    ("non-audio", 3, "not a readable audio file"),
+    ("silent", 1, "silent"),
+    ("empty audio", 1, "empty"),
 ])
-def test_bad_calibration_audio_is_a_named_error_and_leaves_nothing(base, tmp_path, capsys, kind, message):
+def test_bad_calibration_audio_is_a_named_error_and_leaves_nothing(base, tmp_path, capsys, kind, clips, message):
     data = _bad_folder(kind, tmp_path / "data")
-    with pytest.raises(AudioDataError, match=message):
+    with pytest.raises((AudioDataError, InputError), match=message):
         compress(str(base), tmp_path / "lite", str(data), target_encoder_params=0.8,
-                 stats_path=tmp_path / "stats.safetensors", **FAST)
+                 stats_path=tmp_path / "stats.safetensors", **dict(FAST, num_samples=clips))
     code, output = run_cli(base, "--out", tmp_path / "lite", "--calibration", data, "--target-encoder-params", "0.8",
-                           "--stats", tmp_path / "stats.safetensors", "--no-progress", capsys=capsys)
+                           "--num-samples", clips, "--stats", tmp_path / "stats.safetensors", "--no-progress",
+                           capsys=capsys)
     assert code == 2 and message in output.err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["data"]
 

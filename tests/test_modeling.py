@@ -11,7 +11,7 @@ import pytest
 import torch
 from conftest import REPO_ROOT, TINY_WHISPER, factorise_exactly
 from safetensors.torch import save_file
-from transformers import AutoModel, AutoModelForSpeechSeq2Seq, WhisperConfig, WhisperForConditionalGeneration
+from transformers import AutoModel, WhisperConfig, WhisperForConditionalGeneration
 
 from configuration_lite_whisper import LiteWhisperConfig
 import modeling_lite_whisper
@@ -131,7 +131,7 @@ def test_save_writes_a_complete_fp16_repo_atomically(dense_and_lite, tmp_path):
     config = json.loads((target / "config.json").read_text())
     assert config["model_type"] == "lite-whisper"
     assert set(config["auto_map"]) == {"AutoConfig", "AutoModel", "AutoModelForSpeechSeq2Seq"}
-    assert config.get("dtype", config.get("torch_dtype")) == "float16"
+    assert config.get("dtype", config.get("torch_dtype")) == "float32"  # the dtype to load in; weights stay fp16
     from safetensors import safe_open
 
     with safe_open(target / "model.safetensors", "pt") as weights:
@@ -179,10 +179,14 @@ def test_reload_in_a_fresh_process_through_auto_classes(dense_and_lite, tmp_path
 
 def test_loading_without_trust_remote_code_fails_and_says_what_to_pass(dense_and_lite, tmp_path):
     _, lite = dense_and_lite
-    lite.save_pretrained(tmp_path)
-    for auto_class in (AutoModelForSpeechSeq2Seq, AutoModel):
-        with pytest.raises(ValueError, match="trust_remote_code=True"):
-            auto_class.from_pretrained(tmp_path)
+    lite.save_pretrained(tmp_path / "repo")
+    # In a fresh process, as a user meets it: a process that already loaded a LiteWhisper with trust_remote_code
+    # has its classes registered with the Auto classes, and transformers then uses them (still strictly loaded).
+    for auto_class in ("AutoModelForSpeechSeq2Seq", "AutoModel"):
+        script = f"import transformers\ntransformers.{auto_class}.from_pretrained({str(tmp_path / 'repo')!r})"
+        result = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, capture_output=True, text=True,
+                                stdin=subprocess.DEVNULL)
+        assert result.returncode != 0 and "trust_remote_code=True" in result.stderr, result.stderr[-2000:]
 
 
 def test_an_official_format_folder_loads_and_matches_its_dense_equivalent(tmp_path):

@@ -10,7 +10,7 @@ import jiwer
 import numpy as np
 import pytest
 import torch
-from conftest import factorise_exactly, speech_set
+from conftest import dtype_argument, factorise_exactly, speech_set
 from transformers import (
     AutoModelForSpeechSeq2Seq,
     AutoProcessor,
@@ -24,7 +24,7 @@ from lite_whisper_convert.audio import iter_audio_folder
 
 def build_lite_repo(dense_dir, out_dir, attention_rank, mlp_rank):
     """A complete LiteWhisper repo (weights, code, processor) whose factors are SVD cuts of a real model."""
-    dense = WhisperForConditionalGeneration.from_pretrained(dense_dir, dtype=torch.float32).eval()
+    dense = WhisperForConditionalGeneration.from_pretrained(dense_dir, **dtype_argument(torch.float32)).eval()
     ranks = {"q_proj": attention_rank, "k_proj": attention_rank, "v_proj": attention_rank,
              "out_proj": attention_rank, "fc1": mlp_rank, "fc2": mlp_rank}
     lite = factorise_exactly(dense, [ranks] * dense.config.encoder_layers)
@@ -68,7 +68,7 @@ def test_pipeline_returns_timestamps_and_chunks_long_audio(tiny_lite_dir, clips)
 def test_sequential_long_form_generate_with_timestamps(tiny_lite_dir, clips):
     # Like the model, the processor is loaded with trust_remote_code: transformers reads config.json for it too.
     processor = AutoProcessor.from_pretrained(tiny_lite_dir, trust_remote_code=True)
-    model = AutoModelForSpeechSeq2Seq.from_pretrained(tiny_lite_dir, trust_remote_code=True, dtype=torch.float32)
+    model = AutoModelForSpeechSeq2Seq.from_pretrained(tiny_lite_dir, trust_remote_code=True, **dtype_argument(torch.float32))
     long_audio = np.concatenate([clip.audio for clip in clips] * 2)
     inputs = processor(long_audio, sampling_rate=16_000, return_tensors="pt", truncation=False,
                        padding="longest", return_attention_mask=True)
@@ -104,9 +104,13 @@ def test_fresh_process_pipeline_matches_in_process(tiny_lite_dir, clips, tmp_pat
     assert result.stdout.strip() == asr(clips[0].audio)["text"].strip()
 
 
-def test_pipeline_without_trust_remote_code_fails_loudly(tiny_lite_dir):
-    with pytest.raises(ValueError, match="trust_remote_code=True"):
-        pipeline("automatic-speech-recognition", model=str(tiny_lite_dir))
+def test_pipeline_without_trust_remote_code_fails_loudly(tiny_lite_dir, tmp_path):
+    # In a fresh process, as a user meets it (a process that already loaded LiteWhisper with trust_remote_code has
+    # its classes registered with the Auto classes, and transformers then uses them, still strictly loaded).
+    script = f"from transformers import pipeline\npipeline('automatic-speech-recognition', model={str(tiny_lite_dir)!r})"
+    result = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, capture_output=True, text=True,
+                            stdin=subprocess.DEVNULL)
+    assert result.returncode != 0 and "trust_remote_code=True" in result.stderr
 
 
 def test_transcribe_command_prints_one_line_per_file(tiny_lite_dir, capsys):
@@ -134,8 +138,8 @@ def test_reduced_attention_on_real_weights_transcribes_as_per_head_attention(tin
 
     # q/k/v/out_proj at rank 48, below tiny's head_dim of 64: every layer runs ReducedAttention once loaded
     repo = build_lite_repo(tiny_en_dir, tmp_path / "lite-rank-48", attention_rank=48, mlp_rank=320)
-    model = LiteWhisperForConditionalGeneration.from_pretrained(repo, dtype=torch.float32)
-    half = LiteWhisperForConditionalGeneration.from_pretrained(repo, dtype=torch.float16)
+    model = LiteWhisperForConditionalGeneration.from_pretrained(repo, **dtype_argument(torch.float32))
+    half = LiteWhisperForConditionalGeneration.from_pretrained(repo, **dtype_argument(torch.float16))
     assert all(layer.self_attn.reduced_attention is not None for layer in model.model.encoder.layers)
     processor = WhisperProcessor.from_pretrained(tiny_en_dir)
     features = processor([clip.audio for clip in clips[:2]], sampling_rate=16000, return_tensors="pt").input_features

