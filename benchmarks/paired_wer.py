@@ -1,8 +1,9 @@
 """Is one model's WER really lower than another's? Paired bootstrap over utterances.
 
 On a small test set a WER difference of a few words is noise. This transcribes the same utterances with a
-reference model (first) and each other model (greedy, as `lite-whisper eval`), counts word errors per utterance
-(Whisper's English normaliser, as in the WER), and resamples the utterances with replacement to give, for each
+reference model (first) and each other model (greedy, as `lite-whisper eval`, in the set's language), counts
+errors per utterance as the set's metric does (words, or characters for languages written without spaces; after
+the language's normaliser), and resamples the utterances with replacement to give, for each
 model, its WER minus the reference's with a 95 % interval and how often it came out lower.
 
     python benchmarks/paired_wer.py --data ../shared/data/librispeech-test-other-60 \
@@ -19,36 +20,42 @@ import jiwer
 import numpy as np
 
 from lite_whisper_convert.audio import iter_utterances
-from lite_whisper_convert.evaluation import load_model, machine_info, normalize, transcribe
+from lite_whisper_convert.evaluation import dataset_language, load_model, machine_info, metric_for, normalize, transcribe
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
-def transcripts(model_dir: str, utterances: list, cache: Path, batch_size: int) -> list:
-    path = cache / (Path(model_dir).resolve().name + ".json")
+def transcripts(model_dir: str, utterances: list, cache: Path, batch_size: int, language: str = "en") -> list:
+    path = cache / (Path(model_dir).resolve().name + ("" if language == "en" else f"-{language}") + ".json")
     names = [utterance.name for utterance in utterances]
     if path.exists():
         cached = json.loads(path.read_text())
         if cached["model"] == str(Path(model_dir).resolve()) and cached["names"] == names:
             return cached["texts"]
     model, processor = load_model(model_dir, device="cpu")
-    texts = transcribe(model, processor, utterances, batch_size=batch_size)
+    texts = transcribe(model, processor, utterances, batch_size=batch_size, language=language)
     cache.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps({"model": str(Path(model_dir).resolve()), "names": names, "texts": texts}))
     return texts
 
 
-def word_errors(references: list, hypotheses: list) -> np.ndarray:
-    """Per utterance: (errors = substitutions + deletions + insertions, reference words), normalised text."""
+def error_counts(references: list, hypotheses: list, language: str = "en") -> np.ndarray:
+    """Per utterance: (errors = substitutions + deletions + insertions, reference units) after the language's
+    normaliser; units are words, or characters (spaces removed) for languages written without spaces."""
+    by_character = metric_for(language) == "cer"
     counts = []
     for reference, hypothesis in zip(references, hypotheses):
-        reference, hypothesis = normalize(reference), normalize(hypothesis)
+        reference, hypothesis = normalize(reference, language), normalize(hypothesis, language)
+        units = len(reference.replace(" ", "")) if by_character else len(reference.split())
         if hypothesis:
-            words = jiwer.process_words(reference, hypothesis)
-            errors = words.substitutions + words.deletions + words.insertions
-        else:  # nothing transcribed: every reference word deleted
-            errors = len(reference.split())
-        counts.append((errors, len(reference.split())))
+            if by_character:
+                alignment = jiwer.process_characters(reference.replace(" ", ""), hypothesis.replace(" ", ""))
+            else:
+                alignment = jiwer.process_words(reference, hypothesis)
+            errors = alignment.substitutions + alignment.deletions + alignment.insertions
+        else:  # nothing transcribed: every reference unit deleted
+            errors = units
+        counts.append((errors, units))
     return np.array(counts, dtype=np.float64)
 
 
@@ -69,6 +76,7 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", required=True, help="audiofolder with references")
     parser.add_argument("--models", nargs="+", required=True, help="model folders; the first is the reference")
+    parser.add_argument("--language", help="decode and score in this language (default: the set's own, else en)")
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--resamples", type=int, default=10000)
     parser.add_argument("--seed", type=int, default=0)
@@ -78,13 +86,17 @@ def main(argv=None):
     if len(args.models) < 2:
         parser.error("give a reference model and at least one other")
 
-    utterances = [utterance for utterance in iter_utterances(args.data) if normalize(utterance.text)]
+    language = args.language or dataset_language(args.data) or "en"
+    utterances = [utterance for utterance in iter_utterances(args.data) if normalize(utterance.text, language)]
     references = [utterance.text for utterance in utterances]
-    counts = {model: word_errors(references, transcripts(model, utterances, Path(args.cache), args.batch_size))
+    counts = {model: error_counts(references, transcripts(model, utterances, Path(args.cache), args.batch_size,
+                                                          language), language)
               for model in args.models}
     reference_model = args.models[0]
     base = counts[reference_model]
-    print(f"Paired bootstrap over {len(utterances)} utterances ({int(base[:, 1].sum())} words) of {args.data}, "
+    unit = "characters" if metric_for(language) == "cer" else "words"
+    print(f"Paired bootstrap over {len(utterances)} utterances ({int(base[:, 1].sum())} {unit}, language {language}) "
+          f"of {args.data}, "
           f"{args.resamples} resamples; reference {Path(reference_model).name} "
           f"(WER {100 * base[:, 0].sum() / base[:, 1].sum():.2f})\n")
     print("| model | WER | Δ vs reference | 95 % interval | resamples with lower WER |\n|---|---|---|---|---|")
@@ -99,7 +111,8 @@ def main(argv=None):
     if args.out:
         out = Path(args.out)
         out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps({"machine": machine_info(), "data": args.data, "reference": reference_model,
+        out.write_text(json.dumps({"machine": machine_info(), "data": args.data, "language": language,
+                                   "metric": metric_for(language), "reference": reference_model,
                                    "utterances": len(utterances), "rows": rows}, indent=2) + "\n")
         print(f"\nwrote {out}")
 

@@ -7,10 +7,13 @@ A local folder follows the `audiofolder` layout of Hugging Face `datasets`: audi
 """
 
 import csv
+import re
+from collections import deque
 from dataclasses import dataclass
+from itertools import islice
 from math import gcd
 from pathlib import Path
-from typing import Iterable, Iterator, Optional
+from typing import Callable, Iterable, Iterator, List, Optional, Tuple
 
 import numpy as np
 
@@ -18,6 +21,21 @@ SAMPLING_RATE = 16_000
 AUDIO_SUFFIXES = (".wav", ".flac", ".mp3", ".ogg", ".opus", ".m4a")
 # Users online calibrate on LibriSpeech's training data by default; it never overlaps the test sets.
 DEFAULT_CALIBRATION = "hf://openslr/librispeech_asr:clean/train.100"
+# Multilingual models calibrate on a mix by default: LibriSpeech English plus Multilingual LibriSpeech (read
+# audiobooks, parquet on the Hub, so `datasets` >= 4 streams it without a loading script or a token) in its seven
+# languages, one source per language, balanced as BALANCES describes. FLEURS (google/fleurs) and Common Voice
+# would cover more languages but need a loading script (unsupported since datasets 4.0) or authentication.
+DEFAULT_MULTILINGUAL_CALIBRATION = (DEFAULT_CALIBRATION,) + tuple(
+    f"hf://facebook/multilingual_librispeech:{language}/train"
+    for language in ("german", "dutch", "french", "spanish", "italian", "portuguese", "polish")
+)
+# How clips of several calibration sources are interleaved (`iter_calibration`):
+#   language  clips are grouped by language (a local folder's `language` column; a Hub dataset, or a folder
+#             without that column, forms its own group) and the groups take turns, one clip each, until the clip budget is spent; a group that
+#             runs out drops out of the rotation. Every language gets an equal share where it has the clips.
+#   source    the sources take turns the same way (inside a source its languages take turns).
+BALANCES = ("language", "source")
+DEFAULT_BALANCE = "language"
 
 
 class AudioDataError(ValueError):
@@ -29,6 +47,9 @@ class Utterance:
     name: str
     audio: np.ndarray  # [samples], float32, 16 kHz mono
     text: Optional[str] = None
+    language: Optional[str] = None  # Whisper language code ("de") when the source states it
+    source: Optional[str] = None  # the source it came from (set by iter_calibration)
+    detected_language: Optional[str] = None  # what a model identified (set by evaluation in detect mode)
 
     @property
     def seconds(self) -> float:
@@ -72,6 +93,25 @@ def load_audio(path: Path) -> np.ndarray:
     return checked(str(path), resample(audio.mean(axis=1), sampling_rate))
 
 
+def language_code(value, where: str = "") -> Optional[str]:
+    """Whisper's code for a language given as a code ("de"), a locale ("de-DE", "de_de", "pt-BR") or a name
+    ("German"); None for an empty value. With `where`, an unrecognised value raises AudioDataError naming it;
+    without, it gives None (e.g. a Hub config name that is not a language, like "clean")."""
+    from transformers.models.whisper.tokenization_whisper import LANGUAGES, TO_LANGUAGE_CODE
+
+    text = str(value or "").strip().lower()
+    if not text:
+        return None
+    for candidate in (text, re.split(r"[-_]", text)[0]):
+        if candidate in LANGUAGES:
+            return candidate
+        if candidate in TO_LANGUAGE_CODE:
+            return TO_LANGUAGE_CODE[candidate]
+    if where:
+        raise AudioDataError(f"{where}: unknown language {value!r}: use Whisper's language codes (en, de, fr, zh, ...)")
+    return None
+
+
 def read_metadata(metadata: Path) -> list:
     """The rows of a metadata.csv: UTF-8, with or without the byte-order mark Excel writes; any other encoding is
     named (where the first undecodable byte is) rather than guessed."""
@@ -87,7 +127,7 @@ def read_metadata(metadata: Path) -> list:
 
 
 def folder_entries(folder: Path) -> list:
-    """(file, text or None) for each utterance of a local audio folder, in a stable order."""
+    """(file, text or None, language or None) for each utterance of a local audio folder, in a stable order."""
     folder = Path(folder)
     if not folder.is_dir():
         raise AudioDataError(f"audio folder not found: {folder}")
@@ -96,9 +136,10 @@ def folder_entries(folder: Path) -> list:
         rows = read_metadata(metadata)
         if rows and "file_name" not in rows[0]:
             raise AudioDataError(f"{metadata}: needs a 'file_name' column, found {list(rows[0])}")
-        entries = [(folder / row["file_name"], row.get("text")) for row in rows]
+        entries = [(folder / row["file_name"], row.get("text"), language_code(row.get("language"), str(metadata)))
+                   for row in rows]
     else:
-        entries = [(path, None) for path in sorted(folder.rglob("*")) if path.suffix.lower() in AUDIO_SUFFIXES]
+        entries = [(path, None, None) for path in sorted(folder.rglob("*")) if path.suffix.lower() in AUDIO_SUFFIXES]
     if not entries:
         raise AudioDataError(f"{folder}: no audio files found (looked for {', '.join(AUDIO_SUFFIXES)})")
     return entries
@@ -109,8 +150,8 @@ def iter_audio_folder(folder: Path, limit: Optional[int] = None, shard: tuple = 
     folder = Path(folder)
     entries = folder_entries(folder)[:limit]
     index, count = shard
-    for path, text in entries[index::count]:
-        yield Utterance(name=str(path.relative_to(folder)), audio=load_audio(path), text=text)
+    for path, text, language in entries[index::count]:
+        yield Utterance(name=str(path.relative_to(folder)), audio=load_audio(path), text=text, language=language)
 
 
 def parse_hub_spec(spec: str) -> tuple:
@@ -134,6 +175,9 @@ def iter_hub_dataset(spec: str, limit: Optional[int] = None, shard: tuple = (0, 
     path, config, split = parse_hub_spec(spec)
     stream = datasets.load_dataset(path, config, split=split, streaming=True)
     stream = stream.cast_column("audio", datasets.Audio(sampling_rate=SAMPLING_RATE))
+    # A row's language: its own `language`/`locale` field, else the config's name when that names one
+    # ("german" in Multilingual LibriSpeech, "de_de" in FLEURS).
+    config_language = language_code(config)
     index, count = shard
     for position, row in enumerate(stream):
         if limit is not None and position >= limit:
@@ -142,8 +186,9 @@ def iter_hub_dataset(spec: str, limit: Optional[int] = None, shard: tuple = (0, 
             continue
         name = str(row.get("id", position))
         audio = np.asarray(row["audio"]["array"], dtype=np.float32)
-        text = row.get("text", row.get("sentence"))
-        yield Utterance(name=name, audio=checked(f"{spec}[{name}]", audio), text=text)
+        text = next((row[key] for key in ("text", "sentence", "transcript", "transcription") if row.get(key)), None)
+        language = language_code(row.get("language") or row.get("locale")) or config_language
+        yield Utterance(name=name, audio=checked(f"{spec}[{name}]", audio), text=text, language=language)
 
 
 def iter_utterances(source: str, limit: Optional[int] = None, shard: tuple = (0, 1)) -> Iterator[Utterance]:
@@ -151,6 +196,76 @@ def iter_utterances(source: str, limit: Optional[int] = None, shard: tuple = (0,
     if str(source).startswith("hf://"):
         return iter_hub_dataset(str(source), limit=limit, shard=shard)
     return iter_audio_folder(Path(source), limit=limit, shard=shard)
+
+
+def round_robin(iterables: Iterable[Iterable]) -> Iterator:
+    """One item from each iterable in turn; an exhausted one drops out of the rotation."""
+    queue = deque(iter(iterable) for iterable in iterables)
+    while queue:
+        iterator = queue.popleft()
+        try:
+            item = next(iterator)
+        except StopIteration:
+            continue
+        yield item
+        queue.append(iterator)
+
+
+def _source_groups(source: str) -> List[Tuple[Optional[str], Iterator[Callable[[], Utterance]]]]:
+    """(language or None, clips loaded on demand) per language of one source, in order of first appearance.
+
+    A local folder is split by its metadata's `language` column without reading audio; a Hub dataset streams
+    and is one group, whose language is read from its rows (or config) as they arrive."""
+    name = source_name(source)
+
+    def tagged(utterance: Utterance) -> Utterance:
+        utterance.source = name
+        return utterance
+
+    if str(source).startswith("hf://"):
+        streamed = iter_hub_dataset(str(source))
+        return [(None, ((lambda utterance=utterance: tagged(utterance)) for utterance in streamed))]
+    folder = Path(source)
+    groups = {}
+    for path, text, language in folder_entries(folder):
+        groups.setdefault(language, []).append(
+            lambda path=path, text=text, language=language: tagged(Utterance(
+                name=str(path.relative_to(folder)), audio=load_audio(path), text=text, language=language)))
+    return [(language, iter(clips)) for language, clips in groups.items()]
+
+
+def calibration_sources(sources) -> List[str]:
+    """One source (str or Path) or several -> a non-empty list of source strings."""
+    sources = [sources] if isinstance(sources, (str, Path)) else list(sources)
+    if not sources:
+        raise AudioDataError("no calibration data: give at least one --calibration folder or hf:// dataset")
+    return [str(source) for source in sources]
+
+
+def iter_calibration(sources, limit: Optional[int] = None, shard: tuple = (0, 1),
+                     balance: str = DEFAULT_BALANCE) -> Iterator[Utterance]:
+    """The first `limit` clips of a mix of calibration sources, interleaved as `balance` says (see BALANCES);
+    `shard=(index, count)` keeps every count-th one. Each clip carries its `language` (None when the source does
+    not say) and `source`. One source without a language column reads exactly as `iter_utterances` reads it."""
+    if balance not in BALANCES:
+        raise AudioDataError(f"calibration balance must be one of {', '.join(BALANCES)}, got {balance!r}")
+    sources = calibration_sources(sources)
+    groups = [(source, language, clips) for source in sources for language, clips in _source_groups(source)]
+    if balance == "source":
+        streams = [round_robin([clips for owner, _, clips in groups if owner == source]) for source in sources]
+    else:
+        by_language = {}  # language, or (source,) for a source that does not say -> its clip iterators
+        for source, language, clips in groups:
+            by_language.setdefault(language if language is not None else (source,), []).append(clips)
+        streams = [round_robin(clips) for clips in by_language.values()]
+    index, count = shard
+    for load in islice(round_robin(streams), index, limit, count):
+        yield load()
+
+
+def mix_name(sources) -> str:
+    """A short name for a mix of calibration sources: their names joined by ' + '."""
+    return " + ".join(source_name(source) for source in calibration_sources(sources))
 
 
 def source_name(source: str) -> str:

@@ -120,6 +120,7 @@ class Stats:
     real_positions: int = 0  # encoder positions that covered real audio (0 in older files)
     sensitivity_curves: Dict[SlotKey, torch.Tensor] = field(default_factory=dict)
     costs: Dict[str, dict] = field(default_factory=dict)  # stage -> its cost when these were made (stages.py)
+    mix: dict = field(default_factory=dict)  # {"balance", "languages": {code: clips}, "sources": {name: clips}}
 
     @property
     def frames_seen(self) -> int:
@@ -417,6 +418,7 @@ def save_stats(stats: Stats, path) -> Path:
         "seconds": stats.seconds,
         "real_positions": stats.real_positions,
         "costs": stats.costs,
+        "mix": stats.mix,
     }
     path.parent.mkdir(parents=True, exist_ok=True)
     handle, staging = tempfile.mkstemp(prefix=f".{path.name}.partial-", dir=path.parent)
@@ -524,6 +526,7 @@ def load_stats(path, identity: Optional[dict] = None) -> Stats:
         real_positions=int(header.get("real_positions", 0)),
         sensitivity_curves={key: cost_curves[key] for key in sorted(cost_curves, key=_slot_order)},
         costs=header.get("costs", {}),
+        mix=header.get("mix", {}),
     )
     if identity is not None:
         check_identity(stats, identity)

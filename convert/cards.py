@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
 from .audio import parse_hub_spec
-from .evaluation import NORMALIZER_NAME
+from .evaluation import metric_for, normalizer_name
 from .export import recovery_line
 
 TEMPLATE = Path(__file__).resolve().parents[1] / "model_cards" / "template.md"
@@ -163,17 +163,37 @@ def dataset_metadata(name: str, result: dict) -> dict:
     return dict(dataset_type=name, dataset_name=f"{name} ({count} utterances)", dataset_split="test")
 
 
+def set_language(data: dict) -> str:
+    """A set's language ('en' in results written before sets had one)."""
+    return data.get("language") or "en"
+
+
+def set_metric(data: dict) -> str:
+    """'wer' or 'cer': the metric a set was scored by."""
+    return data.get("metric") or metric_for(set_language(data))
+
+
+def set_error_rate(data: dict) -> float:
+    """A set's error rate in its metric (results written before CER existed hold only 'wer')."""
+    return float(data["error_rate"] if "error_rate" in data else data["wer"])
+
+
 def eval_results(result: ModelResult):
+    """One model-index result per evaluated set, each naming its language and metric (WER or CER)."""
     from huggingface_hub import EvalResult
 
-    return [
-        EvalResult(
+    results = []
+    for name, data in result.datasets.items():
+        metadata = dataset_metadata(name, data)
+        if name not in KNOWN_SETS and not data.get("source", "").startswith("hf://"):
+            metadata["dataset_config"] = set_language(data)  # a local set: its language, as Common Voice's configs
+        metric = set_metric(data)
+        results.append(EvalResult(
             task_type="automatic-speech-recognition", task_name="Automatic Speech Recognition",
-            metric_type="wer", metric_name="WER (%)", metric_value=round(float(data["wer"]), 2),
-            **dataset_metadata(name, data),
-        )
-        for name, data in result.datasets.items()
-    ]
+            metric_type=metric, metric_name=f"{metric.upper()} (%)", metric_value=round(set_error_rate(data), 2),
+            dataset_args={"language": set_language(data)}, **metadata,
+        ))
+    return results
 
 
 def _languages(model_dir: Path) -> List[str]:
@@ -212,12 +232,26 @@ def recipe_items(recipe: dict) -> List[tuple]:
     extra = dict(recipe.pop("extra", None) or {})
     if "recovery" in extra:
         recipe["recovery"] = recovery_line(extra.pop("recovery"))
+    if "calibration_mix" in extra:  # clips per language and per source, and how they were interleaved
+        mix = extra.pop("calibration_mix")
+        recipe["calibration languages"] = counts_line(mix.get("languages", {})) + f" (balance: {mix.get('balance')})"
+        recipe["calibration sources"] = counts_line(mix.get("sources", {}))
+    probe = extra.pop("sensitivity_probe", None)
+    if probe and probe.get("languages"):
+        recipe["sensitivity probe"] = (f"{probe.get('clips')} clips, each transcribed in its language: "
+                                       + counts_line(probe["languages"])
+                                       + f" ({probe.get('detected_languages', 0)} detected)")
     recipe["extra"] = extra
     return [
         (key, json.dumps(_public(value)) if isinstance(value, (dict, list)) else _public(value))
         for key, value in recipe.items()
         if key not in RECIPE_HIDDEN and value not in ({}, [], None, "")
     ]
+
+
+def counts_line(counts: dict) -> str:
+    """{"de": 18, "es": 18} -> "de 18, es 18"."""
+    return ", ".join(f"{_public(name)} {count}" for name, count in counts.items())
 
 
 def recipe_preset(recipe: dict) -> Optional[str]:
@@ -345,7 +379,7 @@ def _row(result: ModelResult, base: ModelResult, set_names: List[str], label: st
         "encoder_params": f"{result.encoder_params / 1e6:.2f}M",
         "size": f"{100 * result.encoder_params / base.encoder_params:.0f}%",
         "gflops": f"{result.encoder_gflops:.1f}",
-        "wers": [f"{result.datasets[name]['wer']:.2f}" if name in result.datasets else "–" for name in set_names],
+        "wers": [f"{set_error_rate(result.datasets[name]):.2f}" if name in result.datasets else "–" for name in set_names],
         "mean_wer": f"{result.mean_wer:.2f}",
         "rtfx": f"{result.rtfx:.1f}" if show_rtfx and result.rtfx else "–",
         "latency": f"{result.encoder_latency_ms:.0f}" if show_rtfx and result.encoder_latency_ms else "–",
@@ -423,7 +457,7 @@ def render_card(
         language=_languages(model_dir),
         tags=TAGS + ([f"preset-{preset}"] if preset else []) + (ONNX_TAGS if onnx_variants else []),
         datasets=datasets or None,
-        metrics=["wer"],
+        metrics=sorted({set_metric(data) for data in this.datasets.values()}, reverse=True),
         model_name=name,
         eval_results=eval_results(this),
     )
@@ -435,9 +469,11 @@ def render_card(
     sets = [
         {"name": dataset_metadata(set_name, this.datasets[set_name])["dataset_name"],
          "num_utterances": this.datasets[set_name]["num_utterances"],
-         "minutes": f"{this.datasets[set_name]['audio_seconds'] / 60:.1f}"}
+         "minutes": f"{this.datasets[set_name]['audio_seconds'] / 60:.1f}",
+         "language": set_language(this.datasets[set_name]), "metric": set_metric(this.datasets[set_name]).upper()}
         for set_name in set_names
     ]
+    languages = list(dict.fromkeys(item["language"] for item in sets))
     card = ModelCard.from_template(
         card_data,
         template_path=str(template),
@@ -453,12 +489,14 @@ def render_card(
         base_gflops=f"{base.encoder_gflops:.1f}",
         flops_percent=f"{100 * this.encoder_gflops / base.encoder_gflops:.0f}",
         set_names=[item["name"] for item in sets],
+        set_columns=[f"{item['metric']} {item['name']} ({item['language']})" for item in sets],
+        eval_languages=languages,
+        normalizers=list(dict.fromkeys(normalizer_name(language) for language in languages)),
         sets=sets,
         rows=rows,
         show_rtfx=any(row["rtfx"] != "–" for row in rows),
         show_latency=any(row["latency"] != "–" for row in rows),
         machine=_machine_line(this.machine),
-        normalizer=NORMALIZER_NAME,
         date=(this.machine.get("date") or "")[:10],
         plot=PLOT_NAME,
         recipe=recipe_items(recipe),

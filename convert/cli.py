@@ -38,8 +38,9 @@ def _add_eval(subparsers) -> None:
     parser = subparsers.add_parser(
         "eval",
         help="WER, RTFx, encoder size and FLOPs of a Whisper or LiteWhisper model",
-        description="Transcribe each data set with greedy decoding and report corpus WER (percent, after Whisper's "
-        "English normaliser on both sides), its unweighted mean over sets, RTFx, encoder parameters and GFLOPs.",
+        description="Transcribe each data set with greedy decoding and report its corpus error rate in its language "
+        "(WER, or CER for languages written without spaces; Whisper's English normaliser for English, its basic "
+        "normaliser otherwise), their unweighted mean over sets, RTFx, encoder parameters and GFLOPs.",
     )
     parser.add_argument("model", help="Whisper or LiteWhisper folder or Hub id")
     parser.add_argument(
@@ -49,7 +50,10 @@ def _add_eval(subparsers) -> None:
     )
     parser.add_argument("--limit", type=int, help="at most N utterances per data set")
     parser.add_argument("--batch-size", type=int, default=8)
-    parser.add_argument("--language", default="en", help="for multilingual models (ignored by .en models)")
+    parser.add_argument("--language", default=None,
+                        help="multilingual models: force this language (en, de, ...) on every set; default: each set's "
+                        "own (metadata.csv `language` column, else en); 'detect': the model identifies each "
+                        "utterance's language and the results report identification accuracy")
     parser.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda when available)")
     parser.add_argument("--dtype", choices=("float32", "float16", "bfloat16"),
                         help="default: float32 on CPU, float16 on GPU")
@@ -320,9 +324,15 @@ def _add_compress(subparsers) -> None:
     parser.add_argument("--policy", choices=("sensitivity", "threshold"), default="sensitivity",
                         help="how a preset or size target is spent: 'sensitivity' (default) allocates ranks by "
                         "measured decoder sensitivity, 'threshold' is the original LiteASR explained-variance rule")
-    parser.add_argument("--calibration", metavar="DATA", default=None,
-                        help="audio folder (any sample rate; metadata.csv optional) or hf://OWNER/NAME[:CONFIG]/SPLIT "
-                        "(default: hf://openslr/librispeech_asr:clean/train.100)")
+    parser.add_argument("--calibration", metavar="DATA", action="append", default=None,
+                        help="audio folder (any sample rate; metadata.csv optional, with a `language` column for "
+                        "multilingual audio) or hf://OWNER/NAME[:CONFIG]/SPLIT; repeat to mix several sources (see "
+                        "--calibration-balance). Default: LibriSpeech (hf://openslr/librispeech_asr:clean/train.100) for "
+                        "English-only models; for multilingual ones LibriSpeech plus Multilingual LibriSpeech in 7 languages")
+    parser.add_argument("--calibration-balance", choices=("language", "source"), default="language",
+                        help="how clips of several sources or languages are interleaved: 'language' (default) gives "
+                        "each language an equal share (a source without a language column counts as one language), "
+                        "'source' each source")
     parser.add_argument("--num-samples", type=int, default=None,
                         help="calibration clips (default 100, or those of an existing --stats file); a local folder "
                         "with fewer clips is refused")
@@ -379,7 +389,7 @@ def _run_compress(args) -> int:
         device = _device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"), processes)
         dtype = DTYPES[args.dtype] if args.dtype else (torch.float32 if device == "cpu" else torch.float16)
         result = compress(
-            args.model, args.out, calibration=args.calibration, preset=args.preset,
+            args.model, args.out, calibration=args.calibration, balance=args.calibration_balance, preset=args.preset,
             thresholds=thresholds, target_encoder_params=args.target_encoder_params, policy=args.policy,
             num_samples=args.num_samples, batch_size=args.batch_size, stats_path=args.stats, frames=args.frames,
             device=device, dtype=dtype, seed=args.seed, probe_clips=args.probe_clips,

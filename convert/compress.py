@@ -24,6 +24,7 @@ the current stages draws random numbers; a recovery step would).
 import dataclasses
 import logging
 import random
+from collections import Counter
 from dataclasses import dataclass
 from itertools import islice
 from pathlib import Path
@@ -32,7 +33,14 @@ from typing import Callable, List, Optional
 import numpy as np
 import torch
 
-from .audio import DEFAULT_CALIBRATION, iter_utterances, source_name
+from .audio import (
+    DEFAULT_BALANCE,
+    DEFAULT_CALIBRATION,
+    DEFAULT_MULTILINGUAL_CALIBRATION,
+    calibration_sources,
+    iter_calibration,
+    mix_name,
+)
 from .calibration import (
     DEFAULT_FRAMES,
     StatsMismatchError,
@@ -131,37 +139,59 @@ def load_base(model_id_or_path: str, device: str = "cpu", dtype: torch.dtype = t
 
 
 class _FirstClips:
-    """Pass utterances through, keeping the first `count` (for the sensitivity probe and the smoke test)."""
+    """Pass utterances through, keeping the first `count` (for the sensitivity probe and the smoke test) and
+    counting every clip by language and by source (for the recipe)."""
 
     def __init__(self, utterances, count: int):
         self.utterances, self.count, self.kept = utterances, count, []
+        self.seen = []  # (language or "unknown", source) per clip
 
     def __iter__(self):
         for utterance in self.utterances:
             if len(self.kept) < self.count:
                 self.kept.append(utterance)
+            self.seen.append((utterance.language or "unknown", utterance.source or ""))
             yield utterance
 
 
-def first_clips(calibration: str, count: int, stages: Optional[StageCosts] = None) -> list:
-    """The first `count` clips of a calibration source (their decoding timed as `stages`' audio decoding)."""
-    utterances = iter_utterances(calibration)
+def default_calibration(model) -> tuple:
+    """The calibration sources a model gets when none are named: LibriSpeech for English-only models, a mix of
+    languages (audio.DEFAULT_MULTILINGUAL_CALIBRATION) for multilingual ones."""
+    multilingual = getattr(model.generation_config, "is_multilingual", None)
+    if multilingual is None:
+        multilingual = bool(getattr(model.generation_config, "lang_to_id", None))
+    return DEFAULT_MULTILINGUAL_CALIBRATION if multilingual else (DEFAULT_CALIBRATION,)
+
+
+def calibration_mix(seen, balance: str) -> dict:
+    """What calibration ran on, for the recipe: the balance and clip counts by language and by source."""
+    def counts(values) -> dict:
+        return dict(sorted(Counter(values).items(), key=lambda item: (-item[1], item[0])))
+
+    return {"balance": balance, "languages": counts(language for language, _ in seen),
+            "sources": counts(source for _, source in seen)}
+
+
+def first_clips(calibration, count: int, balance: str = DEFAULT_BALANCE, stages: Optional[StageCosts] = None) -> list:
+    """The first `count` clips of a calibration source or mix of sources (the mix `compress` calibrates on; their
+    decoding timed as `stages`' audio decoding)."""
+    utterances = iter_calibration(calibration, balance=balance)
     return list(islice(stages.iterate(utterances, "audio decoding") if stages else utterances, count))
 
 
-def held_out_clips(calibration: str, num_samples: int, count: int = SMOKE_CLIPS) -> tuple:
-    """(clips, held_out): the `count` clips after the first `num_samples` of the source, which calibration never
-    saw; where the source has none left, its last calibration clips (held_out False)."""
-    after = list(islice(iter_utterances(calibration), num_samples, num_samples + count))
+def held_out_clips(calibration, num_samples: int, count: int = SMOKE_CLIPS, balance: str = DEFAULT_BALANCE) -> tuple:
+    """(clips, held_out): the `count` clips after the first `num_samples` of the source (or mix), which
+    calibration never saw; where it has none left, its last calibration clips (held_out False)."""
+    after = list(islice(iter_calibration(calibration, balance=balance), num_samples, num_samples + count))
     if after:
         return after, True
-    return first_clips(calibration, num_samples)[-count:], False
+    return first_clips(calibration, num_samples, balance)[-count:], False
 
 
 def prepare_stats(
     model,
     feature_extractor,
-    calibration: str = DEFAULT_CALIBRATION,
+    calibration=DEFAULT_CALIBRATION,
     num_samples: int = 100,
     batch_size: int = 8,
     frames: Optional[str] = None,
@@ -175,14 +205,17 @@ def prepare_stats(
     processes: Optional[Processes] = None,
     sensitivity_method: str = DEFAULT_SENSITIVITY_METHOD,
     stages: Optional[StageCosts] = None,
+    balance: str = DEFAULT_BALANCE,
 ):
     """(Stats with explained-variance curves and, if `sensitivity`, sensitivities; spectra by slot; kept clips).
 
     With an existing `stats_path` the sums come from that file (a file from another model raises
-    StatsMismatchError); otherwise calibration runs on the first `num_samples` clips of `calibration`, over
-    `frames` (None: `default_frames`). Anything derived that the file lacks is computed and the file is
-    rewritten (by the main process); a new file is written only when complete. Sensitivities measured by another
-    `sensitivity_method` than the one asked for are measured again (and replace them in the file).
+    StatsMismatchError); otherwise calibration runs on the first `num_samples` clips of `calibration` (one
+    source or several, interleaved as `balance` says: audio.iter_calibration), over `frames` (None:
+    `default_frames`); `stats.mix` records the clips by language and source. Anything derived that the file lacks
+    is computed and the file is rewritten (by the main process); a new file is written only when complete.
+    Sensitivities measured by another `sensitivity_method` than the one asked for are measured again (and replace
+    them in the file).
 
     Under data parallelism (`processes` with count > 1) each process calibrates on its shard of the clips (every
     count-th one) and the sums are all-reduced; the sensitivity probe splits its clips the same way. Every
@@ -215,7 +248,8 @@ def prepare_stats(
                     stats.calibration)
         changed = False
     else:
-        decoded = stages.iterate(iter_utterances(calibration, limit=num_samples, shard=processes.shard),
+        decoded = stages.iterate(iter_calibration(calibration, limit=num_samples, shard=processes.shard,
+                                                  balance=balance),
                                  "audio decoding")
         clips = _FirstClips(decoded, max(own_probe_clips, 1))
         with stages.stage("calibration statistics"):
@@ -223,12 +257,13 @@ def prepare_stats(
                 lambda: collect_stats(model, feature_extractor, clips, batch_size=batch_size,
                                       frames=frames or default_frames, progress=progress,
                                       total=len(range(index, num_samples, count)), name=name,
-                                      calibration=source_name(calibration)),
+                                      calibration=mix_name(calibration)),
                 "calibration",
             )
             if count > 1:
                 reduce_stats(stats, processes.sum_in_place)
         check_enough_audio(stats, model.config)
+        stats.mix = calibration_mix(processes.gather(clips.seen), balance)
         changed = True
     device = next(model.parameters()).device
     with stages.stage("spectra"):
@@ -237,14 +272,15 @@ def prepare_stats(
         attach_explained_variance(stats, by_slot)
         changed = True
     if sensitivity and sensitivity_method_of(stats) != sensitivity_method:
-        # The first `probe_clips` clips of the source, split across processes as calibration split them.
-        probe_audio = clips.kept[:own_probe_clips] or first_clips(calibration, probe_clips, stages)[index::count]
+        # The first `probe_clips` clips of the mix, split across processes as calibration split them; each is
+        # transcribed in its own language (given by its source, else detected).
+        probe_audio = clips.kept[:own_probe_clips] or first_clips(calibration, probe_clips, balance, stages)[index::count]
         with stages.stage("sensitivity"):
             probes = processes.run(lambda: probe_set(model, feature_extractor, probe_audio, batch_size=batch_size,
                                                      reference=sensitivity_method == "probe"), "sensitivity probe")
             stats.sensitivity, stats.sensitivity_curves, extras = measure(
                 model, probes, by_slot, sensitivity_method, probe_level, progress, processes)
-            stats.sensitivity_probe = {**probe_description(probes, probe_level, source_name(calibration), processes),
+            stats.sensitivity_probe = {**probe_description(probes, probe_level, mix_name(calibration), processes),
                                        **extras}
         changed = True
     if changed:  # what the statistics in the file cost to make (the stages run just now)
@@ -280,7 +316,7 @@ def save_stats_or_fallback(stats, stats_path: Path) -> Path:
 def compress(
     model: str,
     out_dir,
-    calibration: Optional[str] = None,
+    calibration=None,
     preset: Optional[str] = None,
     thresholds: Optional[Thresholds] = None,
     target_encoder_params=None,
@@ -302,8 +338,13 @@ def compress(
     processes: Optional[Processes] = None,
     reuse_stats: bool = False,
     sensitivity_method: str = DEFAULT_SENSITIVITY_METHOD,
+    balance: str = DEFAULT_BALANCE,
 ) -> CompressResult:
     """Stock Whisper (`model`: Hub id or folder) -> LiteWhisper repo at `out_dir`.
+
+    `calibration`: a local audio folder or `hf://` dataset, or a list of them mixed as `balance` says
+    (audio.BALANCES); None: `default_calibration(model)`, a mix of languages for a multilingual model. The
+    sensitivity probe and recovery run on the same mix.
 
     Exactly one of `preset` ("acc" | "balanced" | "fast"), `thresholds` or `target_encoder_params` (a count, or
     a ratio of the stock encoder) chooses the ranks, with `policy` "sensitivity" (default) or "threshold".
@@ -332,19 +373,19 @@ def compress(
     stats_reused = header is not None
     if num_samples is None:
         num_samples = int(header["utterances"]) if header else DEFAULT_NUM_SAMPLES
-    calibration = calibration or DEFAULT_CALIBRATION
     out_dir = check_output(out_dir, overwrite)
     seed_everything(seed)
     stages = StageCosts(device)
     with stages.stage("load model"):
         base, feature_extractor = load_base(model, device, dtype)
+    calibration = calibration_sources(calibration if calibration is not None else default_calibration(base))
     check_request(base.config, preset, thresholds, target_encoder_params, policy)
     effective_policy = "threshold" if thresholds is not None else policy
     stats, by_slot, kept = prepare_stats(
         base, feature_extractor, calibration, num_samples, batch_size, frames, stats_path, name=str(model),
         default_frames=DEFAULT_FRAMES_BY_POLICY[effective_policy], sensitivity=effective_policy == "sensitivity",
         probe_clips=probe_clips, progress=progress, processes=processes, sensitivity_method=sensitivity_method,
-        stages=stages,
+        stages=stages, balance=balance,
     )
     stats = dataclasses.replace(stats, slots={})  # the float64 sums are no longer needed: free them
     with stages.stage("rank choice"):
@@ -360,7 +401,7 @@ def compress(
         if len(kept) >= num_samples and processes.count == 1:
             clips = kept
         else:
-            clips = first_clips(calibration, num_samples, stages)
+            clips = first_clips(calibration, num_samples, balance, stages)
         with stages.stage("recovery"):
             recovery_report = recover_encoder(lite, base, feature_extractor, clips, recovery_settings,
                                               processes=processes, progress=progress)
@@ -375,7 +416,9 @@ def compress(
         rank_policy=rank_policy,
         seed=seed,
         calibration_dtype=str(dtype).removeprefix("torch."),
-        extra={"recovery": recovery_recipe(recovery_report, source_name(calibration)),
+        extra={"recovery": recovery_recipe(recovery_report, mix_name(calibration)),
+               **({"calibration_mix": stats.mix} if stats.mix else {}),
+               **({"sensitivity_probe": stats.sensitivity_probe} if stats.sensitivity_probe else {}),
                # a stats file made earlier: what its stages cost then (not part of this run's stages)
                **({"stats_file_costs": stats.costs} if stats.costs and "calibration statistics" not in stages.records
                   else {})},
@@ -384,7 +427,7 @@ def compress(
     def write_repo():
         if not processes.is_main:
             return out_dir, None
-        smoke_clips = held_out_clips(calibration, num_samples) if smoke_test else None
+        smoke_clips = held_out_clips(calibration, num_samples, balance=balance) if smoke_test else None
         return export(lite.to("cpu"), out_dir, str(model), recipe, base_config=base.config, smoke_clip=smoke_clips,
                       overwrite=overwrite, stages=stages)
 
@@ -422,15 +465,18 @@ def check_compress_inputs(model, out_dir, calibration, num_samples, batch_size, 
     check_recovery_request(recovery, recover_steps)
     check_size_target(target_encoder_params)
     check_device(device)
-    check_output_folder(out_dir, overwrite, {"MODEL": model, "--stats": stats_path, "--calibration": calibration})
+    sources = calibration_sources(calibration) if calibration is not None else None
+    check_output_folder(out_dir, overwrite, {"MODEL": model, "--stats": stats_path,
+                                             **{f"--calibration {source}": source for source in sources or ()}})
     config = check_whisper_config(check_base_model(model), model)
     check_request(config, preset, thresholds, target_encoder_params, policy)
-    header = check_stats_request(stats_path, calibration, num_samples, frames, reuse_stats)
+    header = check_stats_request(stats_path, mix_name(sources) if sources else None, num_samples, frames, reuse_stats)
     needs_audio = header is None or smoke_test or recovery != "none" or recover_steps
     if needs_audio:
         clips_needed = num_samples if num_samples is not None else (header["utterances"] if header else DEFAULT_NUM_SAMPLES)
-        source = calibration or DEFAULT_CALIBRATION
-        check_data_source("--calibration", source, clips_needed if header is None or calibration else None)
+        for source in sources or (DEFAULT_CALIBRATION,):  # a mix may take fewer clips of each source
+            check_data_source("--calibration", source,
+                              clips_needed if len(sources or ()) == 1 and (header is None or calibration) else None)
     if header and frames is not None and frames != header["frames"] and reuse_stats:
         raise StatsMismatchError(f"{stats_path} holds statistics over {header['frames']!r} frames but {frames!r} was "
                                  "asked for; drop --frames or use another --stats file")

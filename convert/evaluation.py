@@ -7,11 +7,18 @@
 
 Conventions (those of the Open ASR leaderboard):
 - Greedy decoding (`num_beams=1, do_sample=False`) is the primary metric. English-only (`.en`) models get no
-  language or task; multilingual ones are told `language` and `task="transcribe"`.
-- WER is in percent, computed with jiwer at corpus level over each set (total edits / total reference words)
-  after Whisper's English text normaliser on both sides, and `mean_wer` is the unweighted mean over sets.
-  The normaliser is transformers' `EnglishTextNormalizer` with Whisper's British->American spelling map
-  (`data/english_spelling.json`, OpenAI's `english.json`); the results name it in `normalizer`.
+  language or task; multilingual ones are told `task="transcribe"` and the set's language: `language` when
+  given, else the set's own (its metadata.csv `language` column, or the language a Hub config names), else
+  English. `language="detect"` lets the model detect each utterance's language instead, and the results then
+  report language-identification accuracy against the set's language.
+- Each set is scored in its language: English text through Whisper's English normaliser (transformers'
+  `EnglishTextNormalizer` with Whisper's British->American spelling map, `data/english_spelling.json`, OpenAI's
+  `english.json`), any other language through Whisper's language-independent `BasicTextNormalizer`, as Whisper's
+  and the Open ASR leaderboard's multilingual evaluations do. Languages written without spaces between words
+  (NO_SPACE_LANGUAGES: Chinese, Japanese, Thai, ...) are scored by character error rate (spaces removed), all
+  others by WER; each set's result names its `language`, `metric`, `error_rate` and `normalizer`.
+- Error rates are in percent, computed with jiwer at corpus level over each set (total edits / total reference
+  words or characters), and `mean_wer` is the unweighted mean of the sets' error rates.
 - Utterances whose reference is missing or empty after normalisation cannot be scored: they are skipped
   before transcription and counted (`skipped_empty_references`).
 - RTFx is audio seconds / wall seconds, where the wall time covers feature extraction, `generate` and
@@ -19,8 +26,8 @@ Conventions (those of the Open ASR leaderboard):
 - Encoder parameters exclude the sinusoidal position table; GFLOPs are per 30 s window (see `measures`).
 
 `evaluate` returns (and `lite-whisper eval --json` writes) the schema that benchmarks and model cards read:
-`{"model", "encoder_params", "decoder_params", "encoder_gflops", "mean_wer", "datasets": {NAME: {"wer",
-"num_utterances", "audio_seconds", "rtfx", ...}}, "machine": {...}, ...}`.
+`{"model", "encoder_params", "decoder_params", "encoder_gflops", "mean_wer", "datasets": {NAME: {"language",
+"metric", "error_rate", "wer" | "cer", "num_utterances", "audio_seconds", "rtfx", ...}}, "machine": {...}, ...}`.
 """
 
 import datetime
@@ -29,17 +36,32 @@ import itertools
 import json
 import platform
 import time
+from collections import Counter
 from pathlib import Path
 from typing import Callable, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
 
-from .audio import SAMPLING_RATE, Utterance, batches, folder_entries, iter_utterances, source_name
+from .audio import (
+    SAMPLING_RATE,
+    Utterance,
+    batches,
+    folder_entries,
+    iter_utterances,
+    language_code,
+    parse_hub_spec,
+    source_name,
+)
 from .measures import encoder_flops, encoder_parameters
 
 SPELLING_MAP = Path(__file__).resolve().parent / "data" / "english_spelling.json"
 NORMALIZER_NAME = "whisper-english (transformers EnglishTextNormalizer + Whisper english.json spelling map)"
+BASIC_NORMALIZER_NAME = "whisper-basic (transformers BasicTextNormalizer, language-independent)"
+# Languages written without spaces between words: scored by character error rate (Whisper's own evaluation
+# does the same for these).
+NO_SPACE_LANGUAGES = frozenset({"zh", "yue", "ja", "th", "lo", "my", "km", "bo"})
+DETECT = "detect"  # `language` value: let the model identify each utterance's language
 GREEDY = {"num_beams": 1, "do_sample": False}
 # Decoding safeguard, an option reported beside greedy and never instead of it: Whisper's temperature fallback. A
 # segment is decoded again at the next temperature when its compression ratio (transformers computes it with
@@ -86,16 +108,39 @@ def english_normalizer() -> Callable[[str], str]:
     return EnglishTextNormalizer(json.loads(SPELLING_MAP.read_text(encoding="utf-8")))
 
 
-def normalize(text: Optional[str]) -> str:
-    """`text` after Whisper's English normaliser ('' for None)."""
-    return english_normalizer()(text or "").strip()
+@functools.lru_cache(maxsize=1)
+def basic_normalizer() -> Callable[[str], str]:
+    """Whisper's language-independent normaliser: lower case, bracketed text and symbols removed, spaces collapsed."""
+    from transformers.models.whisper.english_normalizer import BasicTextNormalizer
+
+    return BasicTextNormalizer()
 
 
-def word_error_rate(references: Sequence[str], hypotheses: Sequence[str]) -> float:
-    """Corpus-level WER in percent after Whisper's English normaliser on both sides.
+def is_english(language: Optional[str]) -> bool:
+    return language in (None, "en")
 
-    Total substitutions + deletions + insertions over total reference words, computed with jiwer. Every
-    reference must be non-empty after normalisation (filter those first: they cannot be scored).
+
+def normalizer_name(language: Optional[str] = "en") -> str:
+    return NORMALIZER_NAME if is_english(language) else BASIC_NORMALIZER_NAME
+
+
+def metric_for(language: Optional[str] = "en") -> str:
+    """'cer' for languages written without spaces between words, else 'wer'."""
+    return "cer" if language in NO_SPACE_LANGUAGES else "wer"
+
+
+def normalize(text: Optional[str], language: Optional[str] = "en") -> str:
+    """`text` after Whisper's normaliser for `language` (English's, else the basic one); '' for None."""
+    normalizer = english_normalizer() if is_english(language) else basic_normalizer()
+    return normalizer(text or "").strip()
+
+
+def error_rate(references: Sequence[str], hypotheses: Sequence[str], language: Optional[str] = "en") -> float:
+    """Corpus-level error rate in percent, in `language`'s metric (metric_for) after its normaliser on both sides.
+
+    Total substitutions + deletions + insertions over total reference words (WER), or over total reference
+    characters with spaces removed (CER), computed with jiwer. Every reference must be non-empty after
+    normalisation (filter those first: they cannot be scored).
     """
     import jiwer
 
@@ -103,15 +148,25 @@ def word_error_rate(references: Sequence[str], hypotheses: Sequence[str]) -> flo
         raise EvaluationError(f"{len(references)} references but {len(hypotheses)} hypotheses")
     if not references:
         raise EvaluationError("no references to score")
-    normalized_references = [normalize(text) for text in references]
+    normalized_references = [normalize(text, language) for text in references]
     empty = [index for index, text in enumerate(normalized_references) if not text]
     if empty:
         raise EvaluationError(
             f"{len(empty)} reference(s) are empty after normalisation (first at index {empty[0]}): "
-            "they cannot be scored; drop them before computing WER"
+            "they cannot be scored; drop them before computing the error rate"
         )
-    normalized_hypotheses = [normalize(text) for text in hypotheses]
+    normalized_hypotheses = [normalize(text, language) for text in hypotheses]
+    if metric_for(language) == "cer":
+        return 100.0 * jiwer.cer([text.replace(" ", "") for text in normalized_references],
+                                 [text.replace(" ", "") for text in normalized_hypotheses])
     return 100.0 * jiwer.wer(normalized_references, normalized_hypotheses)
+
+
+def word_error_rate(references: Sequence[str], hypotheses: Sequence[str], language: Optional[str] = "en") -> float:
+    """Corpus-level WER in percent after Whisper's normaliser for `language` (English's by default)."""
+    if metric_for(language) != "wer":
+        raise EvaluationError(f"{language!r} is written without spaces between words: score it by error_rate (CER)")
+    return error_rate(references, hypotheses, language)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -165,7 +220,7 @@ def generation_kwargs(model, language: Optional[str] = "en", generate_kwargs: Op
         kwargs.update(FALLBACK)
     if is_multilingual(model):
         kwargs["task"] = "transcribe"
-        if language:
+        if language and language != DETECT:
             kwargs["language"] = language
     kwargs.update(generate_kwargs or {})
     return kwargs
@@ -210,6 +265,15 @@ def _features(processor, audios: List[np.ndarray], device, dtype) -> Tuple[dict,
     return inputs, long_form
 
 
+def detect_languages(model, input_features: torch.Tensor) -> List[str]:
+    """The language code a multilingual model identifies in each item's first 30 s window."""
+    window = model.config.max_source_positions * 2  # mel frames per 30 s window
+    code_of = {token_id: token.strip("<|>") for token, token_id in model.generation_config.lang_to_id.items()}
+    with torch.inference_mode():
+        token_ids = model.detect_language(input_features=input_features[..., :window])
+    return [code_of[token_id] for token_id in token_ids.tolist()]
+
+
 def transcribe_batches(
     model,
     processor,
@@ -219,8 +283,12 @@ def transcribe_batches(
     generate_kwargs: Optional[dict] = None,
     fallback: bool = False,
 ) -> Iterator[Tuple[List[Utterance], List[str], float]]:
-    """Yield (batch, hypotheses, wall seconds) per batch; the time covers features, generate and decoding."""
+    """Yield (batch, hypotheses, wall seconds) per batch; the time covers features, generate and decoding.
+
+    With `language` None or "detect", a multilingual model identifies each utterance's language (from its first
+    30 s) and transcribes it in that language; the code is stored in `utterance.detected_language`."""
     kwargs = generation_kwargs(model, language, generate_kwargs, fallback)
+    detect = is_multilingual(model) and language in (None, DETECT) and "language" not in kwargs
     if fallback:  # sampling at temperatures above 0: reproducible from a fixed seed
         torch.manual_seed(FALLBACK_SEED)
     device, dtype = model.device, model.dtype
@@ -230,6 +298,11 @@ def transcribe_batches(
         start = time.perf_counter()
         inputs, long_form = _features(processor, [utterance.audio for utterance in batch], device, dtype)
         batch_kwargs = dict(kwargs)
+        if detect:
+            languages = detect_languages(model, inputs["input_features"])
+            batch_kwargs["language"] = languages
+            for utterance, detected in zip(batch, languages):
+                utterance.detected_language = detected
         if long_form:  # audio over 30 s: Whisper's sequential long-form decoding over 30 s windows
             batch_kwargs.setdefault("return_timestamps", True)
             batch_kwargs.setdefault("condition_on_prev_tokens", False)
@@ -318,6 +391,26 @@ def _expected_count(source: str, limit: Optional[int]) -> Optional[int]:
     return count if limit is None else min(count, limit)
 
 
+def dataset_language(source: str, limit: Optional[int] = None) -> Optional[str]:
+    """The language a data set states: its metadata.csv `language` column (one language per set), or the
+    language a Hub dataset's config names (e.g. "german", "de_de"); None when it does not say."""
+    if str(source).startswith("hf://"):
+        return language_code(parse_hub_spec(str(source))[1])
+    languages = {language for _, _, language in folder_entries(Path(source))[:limit]}
+    if len(languages) > 1:
+        named = ", ".join(sorted(str(language) for language in languages))
+        raise EvaluationError(f"{source}: metadata.csv mixes languages ({named}); evaluate one language per set "
+                              "(split the folder) so that each set gets one normaliser and metric")
+    return languages.pop() if languages else None
+
+
+def language_identification(languages: Sequence[Optional[str]], expected: str) -> dict:
+    """Accuracy (percent) of the detected languages against the set's language, and what was detected."""
+    detected = Counter(language or "unknown" for language in languages)
+    return {"expected": expected, "accuracy": 100.0 * detected[expected] / max(len(languages), 1),
+            "detected": dict(sorted(detected.items(), key=lambda item: (-item[1], item[0])))}
+
+
 def _unique_name(name: str, taken: Dict) -> str:
     candidate, suffix = name, 2
     while candidate in taken:
@@ -331,7 +424,7 @@ def evaluate_dataset(
     source: str,
     limit: Optional[int] = None,
     batch_size: int = 8,
-    language: Optional[str] = "en",
+    language: Optional[str] = None,
     generate_kwargs: Optional[dict] = None,
     progress: bool = True,
     fallback: bool = False,
@@ -342,12 +435,21 @@ def evaluate_dataset(
     Under data parallelism (`processes`, a distributed.Processes with count > 1) this process transcribes every
     count-th utterance; the per-utterance results are gathered, so every process returns the WER of the whole
     set, equal to one process's. RTFx is then the job's: all audio over the slowest process's wall time.
+
+    `language`: a code forces decoding in that language; None decodes in the set's own language
+    (dataset_language; English when the set does not say); "detect" lets the model identify each utterance's
+    language and adds `language_identification` (when the set states its language). The set is scored in its
+    own language (else the forced one, else English): normaliser and metric (WER or CER) follow it.
     """
     from tqdm.auto import tqdm
 
     from .distributed import Processes
 
     processes = Processes.of(processes)
+    stated = dataset_language(source, limit)
+    if language is None:
+        language = stated or "en"
+    scoring_language = stated or (language if language != DETECT else "en")
     index, count = processes.shard
     expected = _expected_count(source, limit)
     bar = tqdm(
@@ -363,7 +465,7 @@ def evaluate_dataset(
 
         def scorable(utterances):
             for position, utterance in zip(itertools.count(index, count), utterances):
-                if normalize(utterance.text):
+                if normalize(utterance.text, scoring_language):
                     positions[utterance.name] = position
                     yield utterance
                 else:
@@ -372,8 +474,8 @@ def evaluate_dataset(
         stream = scorable(iter_utterances(source, limit=limit, shard=processes.shard))
         for batch, texts, seconds in transcribe_batches(model, processor, stream, batch_size, language, generate_kwargs,
                                                         fallback):
-            scored.extend((positions[utterance.name], utterance.name, utterance.text, text, utterance.seconds)
-                          for utterance, text in zip(batch, texts))
+            scored.extend((positions[utterance.name], utterance.name, utterance.text, text, utterance.detected_language,
+                           utterance.seconds) for utterance, text in zip(batch, texts))
             wall_seconds += seconds
             bar.update(len(scored) + len(skipped) - bar.n)
             audio_so_far = sum(entry[-1] for entry in scored)
@@ -391,10 +493,16 @@ def evaluate_dataset(
             f"{source}: no utterance has a reference text to score against "
             f"({skipped_count} skipped with a missing or empty reference)"
         )
-    _, names, references, hypotheses, seconds = zip(*scored)
+    _, names, references, hypotheses, detected, seconds = zip(*scored)
     audio_seconds = float(sum(seconds))
-    return {
-        "wer": word_error_rate(references, hypotheses),
+    metric, value = metric_for(scoring_language), error_rate(references, hypotheses, scoring_language)
+    result = {
+        "language": scoring_language,
+        "metric": metric,
+        "error_rate": value,
+        metric: value,
+        "normalizer": normalizer_name(scoring_language),
+        "decoding_language": language if is_multilingual(model) else None,
         "num_utterances": len(references),
         "audio_seconds": audio_seconds,
         "wall_seconds": wall_seconds,
@@ -403,9 +511,13 @@ def evaluate_dataset(
         "source": str(source),
         "transcripts": [
             {"name": name, "reference": reference, "hypothesis": hypothesis}
-            for name, reference, hypothesis in zip(names, references, hypotheses)
+            | ({"detected_language": language} if language else {})
+            for name, reference, hypothesis, language in zip(names, references, hypotheses, detected)
         ],
     }
+    if language == DETECT and stated and is_multilingual(model):
+        result["language_identification"] = language_identification(detected, stated)
+    return result
 
 
 def evaluate(
@@ -413,7 +525,7 @@ def evaluate(
     data_sources: Sequence[str],
     limit: Optional[int] = None,
     batch_size: int = 8,
-    language: Optional[str] = "en",
+    language: Optional[str] = None,
     device: Optional[str] = None,
     dtype: Optional[torch.dtype] = None,
     generate_kwargs: Optional[dict] = None,
@@ -428,7 +540,8 @@ def evaluate(
 
     `model_id_or_path`: a Whisper or LiteWhisper folder or Hub id (pass `model` and `processor` too to reuse
     ones already loaded; the id is then only recorded). `data_sources`: local audiofolders, `hf://` datasets
-    or `open-asr-leaderboard`. `limit`: at most this many utterances read per source. With
+    or `open-asr-leaderboard`. `language`: None (each set in its own language), a code forced on every set, or
+    "detect" (see evaluate_dataset). `limit`: at most this many utterances read per source. With
     `keep_transcripts`, each set's entry keeps its (name, reference, hypothesis) list. `fallback=True` decodes
     with Whisper's temperature fallback (FALLBACK) instead of plain greedy: report it beside a greedy result.
 
@@ -458,9 +571,9 @@ def evaluate(
         "model": str(model_id_or_path),
         "model_type": model_type(model),
         **model_sizes(model),
-        "mean_wer": float(np.mean([result["wer"] for result in datasets.values()])),
+        "mean_wer": float(np.mean([result["error_rate"] for result in datasets.values()])),
         "datasets": datasets,
-        "normalizer": NORMALIZER_NAME,
+        "normalizer": "; ".join(dict.fromkeys(result["normalizer"] for result in datasets.values())),
         "decoding": {
             key: value for key, value in generation_kwargs(model, language, generate_kwargs, fallback).items()
             if isinstance(value, (str, int, float, bool))
@@ -503,16 +616,22 @@ def format_results(results: dict) -> str:
     ]
     for name, result in results["datasets"].items():
         skipped = result.get("skipped_empty_references", 0)
+        identification = result.get("language_identification")
         lines.append(
-            f"  {name}: WER {result['wer']:.2f}% over {result['num_utterances']} utterances "
+            f"  {name} [{result.get('language', 'en')}]: {result.get('metric', 'wer').upper()} "
+            f"{result.get('error_rate', result.get('wer')):.2f}% over {result['num_utterances']} utterances "
             f"({result['audio_seconds'] / 60:.1f} min), RTFx {result['rtfx']:.1f}"
+            + (f", language identified {identification['accuracy']:.1f}%" if identification else "")
             + (f", {skipped} skipped (empty reference)" if skipped else "")
         )
-    lines.append(f"  mean WER over {len(results['datasets'])} set(s): {results['mean_wer']:.2f}%  [{results['normalizer']}]")
+    metrics = {result.get("metric", "wer") for result in results["datasets"].values()}
+    label = f"mean {metrics.pop().upper()}" if len(metrics) == 1 else "mean error rate (WER and CER)"
+    lines.append(f"  {label} over {len(results['datasets'])} set(s): {results['mean_wer']:.2f}%  "
+                 f"[{results['normalizer']}]")
     for source, reason in results.get("failed_datasets", {}).items():
         lines.append(f"  NOT SCORED {source}: {reason}")
     if "fallback" in results:
-        wers = ", ".join(f"{name} {result['wer']:.2f}%" for name, result in results["fallback"]["datasets"].items())
+        wers = ", ".join(f"{name} {result['error_rate']:.2f}%" for name, result in results["fallback"]["datasets"].items())
         lines.append(f"  with temperature fallback (a decoding safeguard, not the greedy metric): {wers}; "
                      f"mean {results['fallback']['mean_wer']:.2f}%")
     return "\n".join(lines)

@@ -6,7 +6,8 @@ out_proj moves the decoder's predictions ~500 times more than cutting layer 2's 
 allocation"). So we measure it.
 
 Probe set: a few calibration clips and the stock model's own greedy transcripts of them (pseudo-labels: no
-references needed). For a model M, the probe loss is the mean over transcript tokens of
+references needed). A multilingual model transcribes each clip in its own language: the one its source states
+(`Utterance.language`), else the one the model detects, so a mix of languages probes every language in it. For a model M, the probe loss is the mean over transcript tokens of
 KL(stock ‖ M) between next-token distributions, teacher-forced on the stock transcripts.
 
 Sensitivity of a slot s: factor only s, at the smallest multiple-of-16 rank r whose explained variance reaches
@@ -21,8 +22,9 @@ the rest of the encoder with that one slot factored, then the decoder, in batche
 device and dtype. `fisher.py` estimates the same quantity for every slot from one pass.
 """
 
-from dataclasses import dataclass
-from typing import Dict, Iterable, Optional
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Dict, Iterable, List, Optional
 
 import torch
 
@@ -49,17 +51,39 @@ class ProbeSet:
     mask: torch.Tensor  # [clips, T-1] bool: positions whose next token is part of the transcript (eos included)
     reference: Optional[torch.Tensor]  # [tokens, vocab] float32: the stock model's log-probs at the masked positions
     batch_size: int
+    languages: List[Optional[str]] = field(default_factory=list)  # per clip; None for an English-only model
+    detected: int = 0  # how many of those the model detected (the clip's source did not say)
 
     @property
     def tokens(self) -> int:
         return int(self.mask.sum())
 
 
-def _generate_kwargs(model) -> dict:
+def _generate_kwargs(model, languages: Optional[List[str]] = None) -> dict:
     kwargs = dict(max_length=min(MAX_LENGTH, model.config.max_target_positions // 2), num_beams=1, do_sample=False)
-    if getattr(model.generation_config, "is_multilingual", False):
-        kwargs["task"] = "transcribe"  # the language is detected, as for any unlabelled audio
+    if languages:  # a multilingual model: transcribe each clip in its language
+        kwargs.update(task="transcribe", language=list(languages))
     return kwargs
+
+
+def clip_languages(model, features: torch.Tensor, given: List[Optional[str]], batch_size: int) -> List[Optional[str]]:
+    """Each clip's language for a multilingual model: the given one, else the one the model detects from its
+    first 30 s window; [None, ...] for an English-only model."""
+    if not getattr(model.generation_config, "is_multilingual", False):
+        return [None] * len(given)
+    languages = list(given)
+    unknown = [position for position, language in enumerate(languages) if language is None]
+    if unknown:
+        code_of = {token_id: token.strip("<|>") for token, token_id in model.generation_config.lang_to_id.items()}
+        parameter = next(model.parameters())
+        for start in range(0, len(unknown), batch_size):
+            positions = unknown[start : start + batch_size]
+            batch = features[positions].to(device=parameter.device, dtype=parameter.dtype)
+            with torch.inference_mode():
+                detected = model.detect_language(input_features=batch)  # [b] language token ids
+            for position, token_id in zip(positions, detected.tolist()):
+                languages[position] = code_of[token_id]
+    return languages
 
 
 def _log_probs(model, probes_features, decoder_ids, mask, batch_size: int) -> torch.Tensor:
@@ -80,12 +104,15 @@ def probe_set(model, feature_extractor, clips: Iterable, batch_size: int = 8, re
     """Transcribe `clips` (audio.Utterance) greedily with the stock `model` and keep its predictions (with
     `reference`, also its teacher-forced log-probs, which `probe_loss` compares against; the Fisher estimate
     does not need them)."""
+    clips = list(clips)
     audios = [clip.audio for clip in clips]
     if not audios:
         raise ValueError("a sensitivity probe needs at least one clip")
     inputs = feature_extractor(audios, sampling_rate=feature_extractor.sampling_rate, return_tensors="pt",
                                return_attention_mask=True)  # without it, generate warns on a batch
     features = inputs.input_features
+    given = [getattr(clip, "language", None) for clip in clips]
+    languages = clip_languages(model, features, given, batch_size)
     parameter = next(model.parameters())
     transcripts = []
     with torch.inference_mode():
@@ -93,7 +120,8 @@ def probe_set(model, feature_extractor, clips: Iterable, batch_size: int = 8, re
             batch = features[start : start + batch_size].to(device=parameter.device, dtype=parameter.dtype)
             mask = inputs.attention_mask[start : start + batch_size].to(parameter.device)
             # The full sequences: decoder prompt, transcript, eos (plain generate drops the prompt and eos).
-            output = model.generate(batch, attention_mask=mask, return_dict_in_generate=True, **_generate_kwargs(model))
+            kwargs = _generate_kwargs(model, [language for language in languages[start : start + batch_size] if language])
+            output = model.generate(batch, attention_mask=mask, return_dict_in_generate=True, **kwargs)
             transcripts.append(output["sequences"].cpu())
     width = max(ids.shape[1] for ids in transcripts)
     eos = model.generation_config.eos_token_id
@@ -107,7 +135,8 @@ def probe_set(model, feature_extractor, clips: Iterable, batch_size: int = 8, re
     in_prompt = torch.arange(1, decoder_ids.shape[1])[None, :] < prompt_length[:, None]
     mask = ~after_first_eos & ~in_prompt  # [clips, T-1]
     log_probs = _log_probs(model, features, decoder_ids, mask, batch_size) if reference else None
-    return ProbeSet(features, decoder_ids, mask, log_probs, batch_size)
+    detected = sum(given_language is None and language is not None for given_language, language in zip(given, languages))
+    return ProbeSet(features, decoder_ids, mask, log_probs, batch_size, languages, detected)
 
 
 def _mean_kl(sums: torch.Tensor, processes=None) -> float:
@@ -221,7 +250,13 @@ def measure_sensitivity(
 def probe_description(probes: ProbeSet, level: float, clips_source: Optional[str] = None, processes=None) -> dict:
     """What the sensitivities were measured on (over all processes' shards): recorded with them in the stats
     file and README."""
-    counts = torch.tensor([probes.features.shape[0], probes.tokens], dtype=torch.int64)
+    counts = torch.tensor([probes.features.shape[0], probes.tokens, probes.detected], dtype=torch.int64)
+    languages = [language for language in probes.languages if language]
     if processes is not None:
         counts = processes.sum(counts)
-    return {"clips": int(counts[0]), "tokens": int(counts[1]), "level": level, "source": clips_source or ""}
+        languages = processes.gather(languages)
+    description = {"clips": int(counts[0]), "tokens": int(counts[1]), "level": level, "source": clips_source or ""}
+    if languages:  # a multilingual model: clips per language, and how many languages were detected
+        description["languages"] = dict(sorted(Counter(languages).items(), key=lambda item: (-item[1], item[0])))
+        description["detected_languages"] = int(counts[2])
+    return description
