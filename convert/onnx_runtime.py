@@ -86,11 +86,14 @@ class OnnxWhisper:
     def generate(self, input_features: torch.Tensor, language: Optional[str] = None, task: Optional[str] = None,
                  num_beams: int = 1, do_sample: bool = False, attention_mask=None, **unsupported) -> torch.Tensor:
         """Greedy token ids [B, L] after the prompt (finished rows padded with end-of-text), as `generate` gives."""
+        # `attention_mask` marks the real audio inside the padded 30 s window; Whisper's encoder reads the whole
+        # window, so one window needs no mask. Long-form input is wider than one window.
+        long_form = input_features.shape[-1] > self.config.max_source_positions * 2
         unsupported = {key: value for key, value in unsupported.items() if value not in (None, False)}
-        if num_beams != 1 or do_sample or attention_mask is not None or unsupported:
+        if num_beams != 1 or do_sample or long_form or unsupported:
             asked = dict(unsupported, **({"num_beams": num_beams} if num_beams != 1 else {}),
                          **({"do_sample": True} if do_sample else {}),
-                         **({"long-form audio (over 30 s)": True} if attention_mask is not None else {}))
+                         **({"long-form audio (over 30 s)": True} if long_form else {}))
             raise OnnxRuntimeError(f"the ONNX runtime decodes greedily without timestamps, one 30 s window; not "
                                    f"supported: {', '.join(asked)}")
         generation = self.generation_config

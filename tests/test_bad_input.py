@@ -251,7 +251,7 @@ def test_num_samples_and_seconds_used_are_reported(world, tmp_path, capsys):
     code, output = run(["compress", world["base"], "--out", tmp_path / "o", "--calibration", world["clips"],
                         "--num-samples", "5", *TARGET], capsys)
     assert code == 0, output.err
-    seconds = sum(soundfile.info(str(path)).duration for path, _ in folder_entries(world["clips"])[:5])
+    seconds = sum(soundfile.info(str(path)).duration for path, *_ in folder_entries(world["clips"])[:5])
     assert f"calibration: 5 clips, {seconds:.1f} s of audio (calibrated)" in output.out
 
 
@@ -389,7 +389,7 @@ def test_push_refuses_stats_and_secrets_unless_asked(world, tmp_path, capsys, na
 def _labelled(folder, world, count=3, encoding="utf-8", bom=False, text="hello world"):
     folder.mkdir()
     rows = []
-    for path, _ in folder_entries(world["clips"])[:count]:
+    for path, *_ in folder_entries(world["clips"])[:count]:
         shutil.copyfile(path, folder / path.name)
         rows.append(f"{path.name},{text}")
     data = "file_name,text\n" + "\n".join(rows) + "\n"
@@ -400,7 +400,7 @@ def _labelled(folder, world, count=3, encoding="utf-8", bom=False, text="hello w
 def test_metadata_with_a_byte_order_mark_is_read(world, tmp_path):
     folder = _labelled(tmp_path / "bom", world, bom=True)
     entries = folder_entries(folder)
-    assert len(entries) == 3 and all(path.is_file() for path, _ in entries)
+    assert len(entries) == 3 and all(path.is_file() for path, *_ in entries)
 
 
 def test_metadata_in_another_encoding_is_named(world, tmp_path, capsys):
@@ -433,7 +433,7 @@ def test_a_multi_set_eval_reports_every_set_it_could_score(world, tmp_path, caps
     code, output = run(["eval", world["lite"], "--data", good, "--data", unlabelled, "--no-progress", "--json",
                         tmp_path / "r.json"], capsys)
     assert code != 0 and "Traceback" not in output.err
-    assert "good: WER" in output.out and f"NOT SCORED {unlabelled}" in output.out
+    assert "good [en]: WER" in output.out and f"NOT SCORED {unlabelled}" in output.out
     assert "1 of 2 data sets could not be scored" in output.err and "no utterance has a reference" in output.err
     results = json.loads((tmp_path / "r.json").read_text())
     assert list(results["datasets"]) == ["good"] and list(results["failed_datasets"]) == [str(unlabelled)]

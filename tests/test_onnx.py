@@ -125,6 +125,11 @@ def test_onnx_runtime_names_what_it_cannot_do(exported, tmp_path):
     features = torch.zeros(1, 80, 3000)
     with pytest.raises(OnnxRuntimeError, match="num_beams"):
         model.generate(features, num_beams=4)
+    with pytest.raises(OnnxRuntimeError, match="long-form"):
+        model.generate(torch.zeros(1, 80, 6000))
+    # a 30 s window with the mask `evaluation` passes for a batch decodes as without it
+    mask = torch.ones(1, 3000, dtype=torch.long)
+    assert torch.equal(model.generate(features, attention_mask=mask), model.generate(features))
     assert main(["transcribe", str(tmp_path), "x.wav", "--runtime", "onnx"]) == 2
 
 
