@@ -47,10 +47,20 @@ def build(args, mix: str, sources: list, preset: str) -> Path:
 
     folder = Path(args.work) / f"base-{mix}-{preset}"
     if not (folder / "config.json").is_file():
-        compress(args.model, folder, sources, preset=preset, num_samples=args.num_samples, batch_size=args.batch_size,
+        compress(args.model, folder, sources, preset=preset, num_samples=mix_clips(args, sources),
+                 batch_size=args.batch_size,
                  stats_path=Path(args.work) / f"stats-{mix}.safetensors", probe_clips=args.probe_clips,
                  balance=args.balance, smoke_test=False, overwrite=True, progress=False, recovery=args.recovery)
     return folder
+
+
+def mix_clips(args, sources: list) -> int:
+    """--num-samples, or every clip of a mix of local folders that holds fewer (a target-language set is small)."""
+    from lite_whisper_convert.audio import folder_entries
+
+    if all(Path(source).is_dir() for source in sources):
+        return min(args.num_samples, sum(len(folder_entries(Path(source))) for source in sources))
+    return args.num_samples
 
 
 def transcripts(args, name: str, folder, data: str) -> dict:
@@ -138,8 +148,9 @@ def main(argv=None) -> int:
     report = {"machine": machine_info(), "model": args.model, "mixes": dict(args.mix), "presets": args.presets,
               "num_samples": args.num_samples, "probe_clips": args.probe_clips, "balance": args.balance,
               "recovery": args.recovery, "sets": sets, "rows": rows}
-    for mix, _ in args.mix:
+    for mix, sources in args.mix:
         report.setdefault("calibration", {})[mix] = sorted(mix_languages(args, mix))
+        report.setdefault("calibration_clips", {})[mix] = mix_clips(args, sources)
     print(markdown(report))
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -150,7 +161,8 @@ def main(argv=None) -> int:
 
 def markdown(report: dict) -> str:
     machine = report["machine"]
-    lines = [f"{report['model']}: calibration mixes x presets, {report['num_samples']} calibration clips, "
+    clips = ", ".join(f"{mix} {count}" for mix, count in report.get("calibration_clips", {}).items())
+    lines = [f"{report['model']}: calibration mixes x presets, calibration clips: {clips or report['num_samples']}, "
              f"{report['probe_clips']} probe clips, balance {report['balance']}, recovery {report['recovery']}; "
              f"{machine['cpu']}, torch {machine['torch']}, transformers {machine['transformers']}, {machine['date']}",
              ""]

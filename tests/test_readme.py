@@ -1,5 +1,7 @@
-"""The README's quick start works as printed: the offline commands run verbatim, the online ones parse with the
-CLI and point at the Hub, and the test command is the one CI runs."""
+"""The README works as printed: the quick start's offline commands run verbatim, its online ones parse with the
+CLI and point at the Hub, the test command is the one CI runs, and every other command and usage line in the
+README parses with the CLI, each option and choice it shows included. (The Python snippets run in
+test_pipeline.py and test_real_outputs.py.)"""
 
 import configparser
 import csv
@@ -101,3 +103,55 @@ def test_the_offline_quick_start_runs_as_printed(tmp_path):
     hypotheses = {os.path.basename(name): text for name, text in lines}
     names = sorted(references)
     assert word_error_rate([references[n] for n in names], [hypotheses[n] for n in names]) < 15.0
+
+
+# Values for the README's placeholders where the CLI checks a value's type or choices at parse time.
+PLACEHOLDER_VALUES = {"N": "2", "CODE": "de"}
+
+
+def readme_commands():
+    """Every `lite-whisper` invocation in the README's bash blocks, continuation lines joined, as text."""
+    readme = (REPO_ROOT / "README.md").read_text(encoding="utf-8")
+    commands = []
+    for block in readme.split("```bash\n")[1:]:
+        text = block.split("```", 1)[0].replace("\\\n", " ")
+        for line in text.splitlines():
+            line = line.split(" #", 1)[0]
+            for step in line.split(" && "):
+                if "$(which lite-whisper)" in step:
+                    step = "lite-whisper" + step.split("$(which lite-whisper)", 1)[1]
+                if step.strip().startswith("lite-whisper "):
+                    commands.append(" ".join(step.split()))
+    return commands
+
+
+def synopsis_variants(command):
+    """A usage synopsis as concrete argv lists: optional parts kept, `{a,b}` and `a|b` tried one choice at a
+    time, `...` dropped, placeholders given a value."""
+    tokens = command.replace("[", " ").replace("]", " ").split()[1:]
+    tokens = [PLACEHOLDER_VALUES.get(token, token) for token in tokens if token not in ("...", "|")]
+    choices = [token[1:-1].split(",") if token.startswith("{") else token.split("|") for token in tokens]
+    return [[options[min(index, len(options) - 1)] for options in choices]
+            for index in range(max(len(options) for options in choices))]
+
+
+def test_every_readme_command_parses_with_the_cli():
+    """Each command and usage line in the README is accepted by `lite-whisper`'s parser, every option and choice
+    it shows included (the commands that need a Hub model, a GPU or accelerate are checked this far)."""
+    commands = readme_commands()
+    assert len(commands) >= 15, commands
+    parser = build_parser()
+    for subparser in parser._subparsers._group_actions[0].choices.values():
+        subparser.allow_abbrev = False  # the README must spell every option out
+    subcommands = set()
+    for command in commands:
+        for argv in synopsis_variants(command):
+            if argv[1:] == []:  # `compress ...`: the rest of the command is elided
+                assert argv[0] in parser._subparsers._group_actions[0].choices, command
+                continue
+            try:
+                args = parser.parse_args(argv)
+            except SystemExit:
+                pytest.fail(f"the README shows a command the CLI rejects: {command}\n  as {argv}")
+            subcommands.add(args.command)
+    assert subcommands == set(parser._subparsers._group_actions[0].choices), "a subcommand the README never shows"
