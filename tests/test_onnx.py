@@ -78,6 +78,22 @@ def test_low_rank_slots_stay_two_matmuls(exported):
     assert (d, d) not in shapes and (d, ffn) not in shapes and (ffn, d) not in shapes  # no dense slot left
 
 
+def test_q8_keeps_float_the_matmuls_whose_inputs_one_int8_scale_cannot_carry(exported):
+    """In the q8 encoder the low-rank second factors and fc2 (its first factor here) stay float32; the attention
+    projections' and fc1's first factors are int8."""
+    folder, _ = exported
+    encoder = onnx.load(str(folder / "onnx" / "encoder_model_quantized.onnx"))
+    kinds = {onnx.TensorProto.FLOAT: [], onnx.TensorProto.INT8: []}
+    for tensor in encoder.graph.initializer:
+        kinds.get(tensor.data_type, []).append(tuple(tensor.dims))
+    d, ffn, layers = 384, 1536, 4
+    for shape in [(ATTENTION_RANK, d), (MLP_RANK, ffn), (MLP_RANK, d), (ffn, MLP_RANK)]:
+        assert kinds[onnx.TensorProto.FLOAT].count(shape) >= layers, shape
+    assert kinds[onnx.TensorProto.INT8].count((d, ATTENTION_RANK)) >= layers
+    assert kinds[onnx.TensorProto.INT8].count((d, MLP_RANK)) == layers  # fc1's first factor
+    assert (ffn, MLP_RANK) not in kinds[onnx.TensorProto.INT8]
+
+
 def test_onnx_runtime_decodes_token_for_token_like_generate(exported, clips):
     folder, _ = exported
     model, processor = load_model(folder, device="cpu")
