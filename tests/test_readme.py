@@ -110,10 +110,11 @@ PLACEHOLDER_VALUES = {"N": "2", "CODE": "de"}
 
 
 def readme_commands():
-    """Every `lite-whisper` invocation in the README's bash blocks, continuation lines joined, as text."""
-    readme = (REPO_ROOT / "README.md").read_text(encoding="utf-8")
+    """Every `lite-whisper` invocation in the bash blocks of the README and docs/, continuation lines joined."""
+    pages = [REPO_ROOT / "README.md", *sorted((REPO_ROOT / "docs").glob("*.md"))]
+    text = "\n".join(page.read_text(encoding="utf-8") for page in pages)
     commands = []
-    for block in readme.split("```bash\n")[1:]:
+    for block in text.split("```bash\n")[1:]:
         text = block.split("```", 1)[0].replace("\\\n", " ")
         for line in text.splitlines():
             line = line.split(" #", 1)[0]
@@ -136,7 +137,7 @@ def synopsis_variants(command):
 
 
 def test_every_readme_command_parses_with_the_cli():
-    """Each command and usage line in the README is accepted by `lite-whisper`'s parser, every option and choice
+    """Each command and usage line in the README and docs/ is accepted by `lite-whisper`'s parser, every option and choice
     it shows included (the commands that need a Hub model, a GPU or accelerate are checked this far)."""
     commands = readme_commands()
     assert len(commands) >= 15, commands
