@@ -71,7 +71,9 @@ def real_model_rows(name: str, folder: str, args, device) -> list:
         with tempfile.TemporaryDirectory(prefix="compress-cost-") as scratch:
             out = Path(args.keep) / f"{name}-{preset}" if args.keep else Path(scratch) / "out"
             started = time.perf_counter()
-            result = compress(folder, out, calibration=args.calibration, preset=preset,
+            # With --keep, each preset's own (fresh) stats file is kept too, so other presets can be built from it.
+            stats = Path(args.keep) / f"{name}-{preset}.safetensors" if args.keep else None
+            result = compress(folder, out, calibration=args.calibration, preset=preset, stats_path=stats,
                               num_samples=args.clips, probe_clips=args.probe_clips, device=str(device),
                               dtype=torch.float16 if device.type == "cuda" else torch.float32, progress=False,
                               sensitivity_method=args.sensitivity, recovery=args.recovery,
@@ -206,8 +208,8 @@ def main(argv=None) -> int:
     parser.add_argument("--recovery", default="auto", help="real models: compress's --recovery (default auto)")
     parser.add_argument("--sensitivity", default=None, help="compress's --sensitivity (default: its default)")
     parser.add_argument("--no-smoke-test", action="store_true")
-    parser.add_argument("--keep", help="real models: write each preset to KEEP/MODEL-PRESET (to evaluate it) "
-                                       "instead of a temporary folder")
+    parser.add_argument("--keep", help="real models: write each preset to KEEP/MODEL-PRESET and its stats file to "
+                                       "KEEP/MODEL-PRESET.safetensors (to evaluate it) instead of a temporary folder")
     parser.add_argument("--measure-clips", type=int, default=4, help="random shapes: clips actually run")
     parser.add_argument("--spectra-layers", type=int, default=2, help="random shapes: layers whose spectra are run")
     parser.add_argument("--target-ratio", default="0.7", help="random shapes: encoder size target for rank choice")

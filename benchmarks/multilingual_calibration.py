@@ -12,7 +12,7 @@ are not mistaken for an effect.
         --mix multi=../shared/data/librispeech-train-clean-100-calib,../shared/data/multilingual-calib-77 \\
         --mix de=GERMAN_CLIPS --mix es=SPANISH_CLIPS \\
         --eval ../shared/data/librispeech-test-other-60 ../shared/data/de-thorsten-eval-12 \\
-               ../shared/data/es-css10-eval-18 --num-samples 64 --probe-clips 8
+               ../shared/data/es-css10-eval-18 [--num-samples 100 --probe-clips 32 --sensitivity fisher]
 
 Everything is cached in --work (stats-MIX.safetensors, base-MIX-PRESET/, eval/NAME--SET.json with the
 transcripts), so an interrupted run resumes and `--report-only` rebuilds the table from what is there; scores
@@ -43,14 +43,15 @@ def parse_mix(text: str) -> tuple:
 
 
 def build(args, mix: str, sources: list, preset: str) -> Path:
-    from lite_whisper_convert.compress import compress
+    from lite_whisper_convert.compress import DEFAULT_SENSITIVITY_METHOD, compress
 
     folder = Path(args.work) / f"base-{mix}-{preset}"
     if not (folder / "config.json").is_file():
         compress(args.model, folder, sources, preset=preset, num_samples=mix_clips(args, sources),
                  batch_size=args.batch_size,
                  stats_path=Path(args.work) / f"stats-{mix}.safetensors", probe_clips=args.probe_clips,
-                 balance=args.balance, smoke_test=False, overwrite=True, progress=False, recovery=args.recovery)
+                 balance=args.balance, smoke_test=False, overwrite=True, progress=False, recovery=args.recovery,
+                 sensitivity_method=args.sensitivity or DEFAULT_SENSITIVITY_METHOD)
     return folder
 
 
@@ -100,6 +101,15 @@ def mix_languages(args, mix: str) -> set:
     return languages or {"unknown"}
 
 
+def mix_sensitivity(args, mix: str) -> str:
+    """How the sensitivities in a mix's stats file were measured (probe or fisher)."""
+    from lite_whisper_convert.calibration import load_stats
+    from lite_whisper_convert.compress import sensitivity_method_of
+
+    path = Path(args.work) / f"stats-{mix}.safetensors"
+    return (sensitivity_method_of(load_stats(path)) if path.is_file() else None) or "not measured"
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", required=True, help="stock multilingual Whisper folder")
@@ -111,6 +121,8 @@ def main(argv=None) -> int:
     parser.add_argument("--num-samples", type=int, default=100)
     parser.add_argument("--probe-clips", type=int, default=32)
     parser.add_argument("--balance", default="language", choices=("language", "source"))
+    parser.add_argument("--sensitivity", choices=("fisher", "probe"), default=None,
+                        help="compress's --sensitivity (default: its default)")
     parser.add_argument("--recovery", default="auto", choices=("auto", "none", "refit", "distill"))
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--resamples", type=int, default=10000)
@@ -151,6 +163,7 @@ def main(argv=None) -> int:
     for mix, sources in args.mix:
         report.setdefault("calibration", {})[mix] = sorted(mix_languages(args, mix))
         report.setdefault("calibration_clips", {})[mix] = mix_clips(args, sources)
+        report.setdefault("sensitivity", {})[mix] = mix_sensitivity(args, mix)
     print(markdown(report))
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -163,7 +176,9 @@ def markdown(report: dict) -> str:
     machine = report["machine"]
     clips = ", ".join(f"{mix} {count}" for mix, count in report.get("calibration_clips", {}).items())
     lines = [f"{report['model']}: calibration mixes x presets, calibration clips: {clips or report['num_samples']}, "
-             f"{report['probe_clips']} probe clips, balance {report['balance']}, recovery {report['recovery']}; "
+             f"{report['probe_clips']} probe clips, sensitivity: "
+             f"{', '.join(f'{mix} {method}' for mix, method in report.get('sensitivity', {}).items())}, "
+             f"balance {report['balance']}, recovery {report['recovery']}; "
              f"{machine['cpu']}, torch {machine['torch']}, transformers {machine['transformers']}, {machine['date']}",
              ""]
     for name, info in report["sets"].items():
