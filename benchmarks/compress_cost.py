@@ -203,7 +203,7 @@ def main(argv=None) -> int:
     parser.add_argument("--base", help="real base folder")
     parser.add_argument("--calibration", required=True, help="calibration audio folder")
     parser.add_argument("--clips", type=int, default=100, help="calibration clips (compress's default: 100)")
-    parser.add_argument("--probe-clips", type=int, default=32)
+    parser.add_argument("--probe-clips", type=int, default=None, help="default: compress's for the method")
     parser.add_argument("--presets", nargs="+", default=["fast", "balanced"], help="real models: presets to run")
     parser.add_argument("--recovery", default="auto", help="real models: compress's --recovery (default auto)")
     parser.add_argument("--sensitivity", default=None, help="compress's --sensitivity (default: its default)")
@@ -223,10 +223,12 @@ def main(argv=None) -> int:
         args.models = [model for model in args.models if model in ("tiny.en", "small")] or ["small"]
         args.clips, args.probe_clips, args.presets, args.recovery = 8, 4, ["fast"], "none"
         args.measure_clips, args.spectra_layers, args.no_smoke_test = 1, 1, True
-    from lite_whisper_convert.compress import DEFAULT_SENSITIVITY_METHOD
+    from lite_whisper_convert.compress import DEFAULT_SENSITIVITY_METHOD, default_probe_clips
     from lite_whisper_convert.evaluation import machine_info
 
     args.sensitivity = args.sensitivity or DEFAULT_SENSITIVITY_METHOD
+    if args.probe_clips is None:
+        args.probe_clips = default_probe_clips(args.sensitivity, args.clips)
     device = torch.device(args.device)
     machine = machine_info()
     rows = []

@@ -12,7 +12,7 @@ are not mistaken for an effect.
         --mix multi=../shared/data/librispeech-train-clean-100-calib,../shared/data/multilingual-calib-77 \\
         --mix de=GERMAN_CLIPS --mix es=SPANISH_CLIPS \\
         --eval ../shared/data/librispeech-test-other-60 ../shared/data/de-thorsten-eval-12 \\
-               ../shared/data/es-css10-eval-18 [--num-samples 100 --probe-clips 32 --sensitivity fisher]
+               ../shared/data/es-css10-eval-18 [--num-samples 64 --probe-clips 8 --sensitivity probe]
 
 Everything is cached in --work (stats-MIX.safetensors, base-MIX-PRESET/, eval/NAME--SET.json with the
 transcripts), so an interrupted run resumes and `--report-only` rebuilds the table from what is there; scores
@@ -119,7 +119,7 @@ def main(argv=None) -> int:
     parser.add_argument("--work", required=True, help="folder for stats files, models and cached transcripts")
     parser.add_argument("--presets", nargs="+", default=["acc", "balanced", "fast"])
     parser.add_argument("--num-samples", type=int, default=100)
-    parser.add_argument("--probe-clips", type=int, default=32)
+    parser.add_argument("--probe-clips", type=int, default=None, help="default: compress's for the method")
     parser.add_argument("--balance", default="language", choices=("language", "source"))
     parser.add_argument("--sensitivity", choices=("fisher", "probe"), default=None,
                         help="compress's --sensitivity (default: its default)")
@@ -158,7 +158,7 @@ def main(argv=None) -> int:
                                 "one_unit_points": 100.0 / result["units"]}
             for data, result in stock_scores.items()}
     report = {"machine": machine_info(), "model": args.model, "mixes": dict(args.mix), "presets": args.presets,
-              "num_samples": args.num_samples, "probe_clips": args.probe_clips, "balance": args.balance,
+              "num_samples": args.num_samples, "probe_clips": args.probe_clips or "default", "balance": args.balance,
               "recovery": args.recovery, "sets": sets, "rows": rows}
     for mix, sources in args.mix:
         report.setdefault("calibration", {})[mix] = sorted(mix_languages(args, mix))

@@ -346,8 +346,9 @@ def _add_compress(subparsers) -> None:
                         help="encoder positions to calibrate on: only those covering real audio, or all 1500 of "
                         "the padded 30 s window (default: real for the sensitivity policy, all for the threshold "
                         "policy, which measured best for each)")
-    parser.add_argument("--probe-clips", type=int, default=32,
-                        help="clips for the sensitivity probe (sensitivity policy; default 32)")
+    parser.add_argument("--probe-clips", type=int, default=None,
+                        help="calibration clips whose transcripts measure the sensitivities (sensitivity policy; "
+                        "default: the first 100 for fisher, or all when fewer; 32 for probe)")
     parser.add_argument("--sensitivity", choices=("fisher", "probe"), default=None,
                         help="sensitivity policy: how each linear's cost per rank is measured: 'fisher' (one forward "
                         "and backward pass of the probe clips for all linears) or 'probe' (one pass per linear; "

@@ -85,7 +85,17 @@ SMOKE_CLIPS = 3  # held-out clips the smoke test transcribes with both models
 # How the sensitivity policy measures each linear: "fisher" (fisher.py, one forward and backward pass of the probe
 # clips for every linear at once, a cost curve per rank) or "probe" (sensitivity.py, one pass per linear).
 SENSITIVITY_METHODS = ("fisher", "probe")
-DEFAULT_SENSITIVITY_METHOD = "probe"
+DEFAULT_SENSITIVITY_METHOD = "fisher"
+# Probe clips when --probe-clips is not given. The per-linear probe pays one pass per linear for every clip, so it
+# keeps to 32; the Fisher estimate pays one forward and backward pass per clip for all linears, so it reads the
+# first calibration clips, up to 100 (measured on base's multilingual mix: benchmarks/README.md).
+DEFAULT_FISHER_CLIPS = 100
+
+
+def default_probe_clips(sensitivity_method: str, num_samples: int) -> int:
+    if sensitivity_method == "fisher":
+        return min(DEFAULT_FISHER_CLIPS, num_samples)
+    return DEFAULT_PROBE_CLIPS
 # The stages whose results the stats file keeps (their costs are saved with them).
 STATS_STAGES = ("audio decoding", "calibration statistics", "spectra", "sensitivity")
 
@@ -328,7 +338,7 @@ def compress(
     device: str = "cpu",
     dtype: torch.dtype = torch.float32,
     seed: int = 0,
-    probe_clips: int = DEFAULT_PROBE_CLIPS,
+    probe_clips: Optional[int] = None,
     smoke_test: bool = True,
     overwrite: bool = False,
     progress: bool = True,
@@ -373,6 +383,8 @@ def compress(
     stats_reused = header is not None
     if num_samples is None:
         num_samples = int(header["utterances"]) if header else DEFAULT_NUM_SAMPLES
+    if probe_clips is None:
+        probe_clips = default_probe_clips(sensitivity_method, num_samples)
     out_dir = check_output(out_dir, overwrite)
     seed_everything(seed)
     stages = StageCosts(device)
