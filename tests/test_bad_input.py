@@ -526,8 +526,7 @@ def test_a_signal_during_the_smoke_test_leaves_nothing(world, tmp_path, signum, 
         children = _children(process.pid)
         time.sleep(0.2)
     assert children, f"the smoke test never started: {process.communicate()[1][-2000:]}"
-    time.sleep(1.0)
-    process.send_signal(signum)
+    process.send_signal(signum)  # at once: on a loaded machine the child may be near its end when it is first seen
     _, err = process.communicate(timeout=120)
     assert process.returncode == code, err
     assert "Traceback" not in err
