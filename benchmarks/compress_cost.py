@@ -107,6 +107,7 @@ def random_shape_row(name: str, args, device) -> dict:
     from lite_whisper_convert.audio import iter_utterances
     from lite_whisper_convert.calibration import collect_stats
     from lite_whisper_convert.decomposition import attach_explained_variance, decompose, spectra
+    from lite_whisper_convert.compress import default_probe_clips
     from lite_whisper_convert.fisher import fisher_sensitivity
     from lite_whisper_convert.ranks import plan_ranks
     from lite_whisper_convert.sensitivity import ProbeSet
@@ -144,7 +145,8 @@ def random_shape_row(name: str, args, device) -> dict:
     probes = ProbeSet(features, ids, mask, None, batch_size=1)
     with stages.stage("sensitivity"):
         stats.sensitivity, stats.sensitivity_curves = fisher_sensitivity(model, probes, by_slot)
-    scale["sensitivity"] = args.probe_clips / measured
+    probe_clips = args.probe_clips or default_probe_clips("fisher", args.clips)  # random shapes: Fisher only
+    scale["sensitivity"] = probe_clips / measured
     with stages.stage("rank choice"):
         low_rank_config, _ = plan_ranks(stats, model.config, target_encoder_params=args.target_ratio)
     with stages.stage("decomposition"):
@@ -161,7 +163,7 @@ def random_shape_row(name: str, args, device) -> dict:
     encoder_seconds = stock_encoder_pass(model, feature_extractor, clips, min(8, measured), device)
     return {"model": f"{name} (random weights)", "preset": f"{args.target_ratio} x", "recovery": "none",
             "stages": records, "total_seconds": sum(record["seconds"] for record in records), "extrapolated": True,
-            "clips": args.clips, "probe_clips": args.probe_clips, "measured_clips": measured,
+            "clips": args.clips, "probe_clips": probe_clips, "measured_clips": measured,
             "spectra_layers": kept_layers, "stock_encoder_pass_seconds": encoder_seconds * args.clips / measured,
             "not_measured": ["greedy transcription of the probe clips", "smoke test"]}
 
@@ -206,7 +208,8 @@ def main(argv=None) -> int:
     parser.add_argument("--probe-clips", type=int, default=None, help="default: compress's for the method")
     parser.add_argument("--presets", nargs="+", default=["fast", "balanced"], help="real models: presets to run")
     parser.add_argument("--recovery", default="auto", help="real models: compress's --recovery (default auto)")
-    parser.add_argument("--sensitivity", default=None, help="compress's --sensitivity (default: its default)")
+    parser.add_argument("--sensitivity", default=None, help="compress's --sensitivity (default: its default; random "
+                        "shapes always use fisher)")
     parser.add_argument("--no-smoke-test", action="store_true")
     parser.add_argument("--keep", help="real models: write each preset to KEEP/MODEL-PRESET and its stats file to "
                                        "KEEP/MODEL-PRESET.safetensors (to evaluate it) instead of a temporary folder")
@@ -223,12 +226,8 @@ def main(argv=None) -> int:
         args.models = [model for model in args.models if model in ("tiny.en", "small")] or ["small"]
         args.clips, args.probe_clips, args.presets, args.recovery = 8, 4, ["fast"], "none"
         args.measure_clips, args.spectra_layers, args.no_smoke_test = 1, 1, True
-    from lite_whisper_convert.compress import DEFAULT_SENSITIVITY_METHOD, default_probe_clips
     from lite_whisper_convert.evaluation import machine_info
 
-    args.sensitivity = args.sensitivity or DEFAULT_SENSITIVITY_METHOD
-    if args.probe_clips is None:
-        args.probe_clips = default_probe_clips(args.sensitivity, args.clips)
     device = torch.device(args.device)
     machine = machine_info()
     rows = []
@@ -245,7 +244,7 @@ def main(argv=None) -> int:
     where = machine["gpu"] or f"{machine['cpu']}, {machine['threads']} torch threads"
     header = (f"compress cost: {where}; torch {machine['torch']}, transformers {machine['transformers']}; "
               f"{machine['date']}; load average at the end {load[0]:.1f}; {args.clips} calibration clips, "
-              f"{args.probe_clips} probe clips, sensitivity {args.sensitivity}" + ("; QUICK CHECK, not a result"
+              f"{args.probe_clips or 'default'} probe clips, sensitivity {args.sensitivity or 'default'}" + ("; QUICK CHECK, not a result"
                                                                                   if args.quick else ""))
     print(table(rows, header))
     out = Path(args.out) if args.out else RESULTS / f"compress_cost-{device.type}-{machine['date'][:10]}.json"

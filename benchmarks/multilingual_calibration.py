@@ -25,7 +25,6 @@ import json
 import sys
 from pathlib import Path
 
-import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from paired_wer import error_counts, paired_bootstrap  # noqa: E402
@@ -43,7 +42,7 @@ def parse_mix(text: str) -> tuple:
 
 
 def build(args, mix: str, sources: list, preset: str) -> Path:
-    from lite_whisper_convert.compress import DEFAULT_SENSITIVITY_METHOD, compress
+    from lite_whisper_convert.compress import compress
 
     folder = Path(args.work) / f"base-{mix}-{preset}"
     if not (folder / "config.json").is_file():
@@ -51,7 +50,7 @@ def build(args, mix: str, sources: list, preset: str) -> Path:
                  batch_size=args.batch_size,
                  stats_path=Path(args.work) / f"stats-{mix}.safetensors", probe_clips=args.probe_clips,
                  balance=args.balance, smoke_test=False, overwrite=True, progress=False, recovery=args.recovery,
-                 sensitivity_method=args.sensitivity or DEFAULT_SENSITIVITY_METHOD)
+                 sensitivity_method=args.sensitivity)
     return folder
 
 

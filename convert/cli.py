@@ -352,7 +352,7 @@ def _add_compress(subparsers) -> None:
     parser.add_argument("--sensitivity", choices=("fisher", "probe"), default=None,
                         help="sensitivity policy: how each linear's cost per rank is measured: 'fisher' (one forward "
                         "and backward pass of the probe clips for all linears) or 'probe' (one pass per linear; "
-                        "default: compress.DEFAULT_SENSITIVITY_METHOD)")
+                        "default: fisher for multilingual models, probe for English-only ones)")
     parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda when available)")
     parser.add_argument("--dtype", choices=("float32", "float16", "bfloat16"), default=None,
                         help="calibration compute dtype (default float32 on CPU, float16 on GPU); saved weights are fp16")
@@ -374,7 +374,7 @@ def _run_compress(args) -> int:
     import torch
 
     from .checks import check_device
-    from .compress import DEFAULT_SENSITIVITY_METHOD, DTYPES, compress
+    from .compress import DTYPES, compress
     from .ranks import RankPolicyError, Thresholds
     from .stages import format_stage_table
 
@@ -396,7 +396,7 @@ def _run_compress(args) -> int:
             device=device, dtype=dtype, seed=args.seed, probe_clips=args.probe_clips,
             smoke_test=not args.no_smoke_test, overwrite=args.overwrite, progress=not args.no_progress,
             recovery=args.recovery, recover_steps=args.recover_steps, processes=processes,
-            reuse_stats=args.reuse_stats, sensitivity_method=args.sensitivity or DEFAULT_SENSITIVITY_METHOD,
+            reuse_stats=args.reuse_stats, sensitivity_method=args.sensitivity,
         )
     if not processes.is_main:
         return 0

@@ -219,3 +219,19 @@ def test_compress_reports_and_records_every_stage_and_the_stats_file_keeps_its_c
     assert "calibration statistics" in recipe["extra"]["stats_file_costs"]  # what the reused sums cost then
     stats = load_stats(tmp_path / "stats.safetensors")
     assert stats.sensitivity_probe["method"] == "probe" and not stats.sensitivity_curves
+
+
+def test_the_sensitivity_default_is_fisher_for_multilingual_models_and_the_probe_for_english_only_ones():
+    """As measured: Fisher on 100 clips for multilingual base, the per-linear probe on 32 clips for tiny.en."""
+    from types import SimpleNamespace
+
+    from transformers import GenerationConfig
+
+    from lite_whisper_convert.compress import default_probe_clips, default_sensitivity_method
+
+    multilingual = SimpleNamespace(generation_config=GenerationConfig(is_multilingual=True))
+    english_only = SimpleNamespace(generation_config=GenerationConfig(is_multilingual=False))
+    assert default_sensitivity_method(multilingual) == "fisher"
+    assert default_sensitivity_method(english_only) == "probe"
+    assert default_probe_clips("fisher", 250) == 100 and default_probe_clips("fisher", 40) == 40
+    assert default_probe_clips("probe", 250) == 32
