@@ -106,8 +106,8 @@ def random_shape_row(name: str, args, device) -> dict:
 
     from lite_whisper_convert.audio import iter_utterances
     from lite_whisper_convert.calibration import collect_stats
-    from lite_whisper_convert.decomposition import attach_explained_variance, decompose, spectra
     from lite_whisper_convert.compress import default_probe_clips
+    from lite_whisper_convert.decomposition import attach_explained_variance, decompose, spectra
     from lite_whisper_convert.fisher import fisher_sensitivity
     from lite_whisper_convert.ranks import plan_ranks
     from lite_whisper_convert.sensitivity import ProbeSet

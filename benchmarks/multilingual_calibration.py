@@ -25,7 +25,6 @@ import json
 import sys
 from pathlib import Path
 
-
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from paired_wer import error_counts, paired_bootstrap  # noqa: E402
 
