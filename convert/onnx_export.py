@@ -26,7 +26,8 @@ switched off for the export, since its thresholds were measured for PyTorch, not
 
 Checks, before anything is moved into place: on a real speech clip, the encoder output and the decoder's logits
 (first step without past, then steps with past) of every written variant are compared with PyTorch's; a variant
-outside its tolerance raises `OnnxMismatchError` naming the file and the error.
+outside its tolerance raises `OnnxMismatchError` naming the file and the error (fp32 and fp16 by their largest
+element; the q8 encoder by its RMS: see CHECKS).
 """
 
 import hashlib
@@ -54,7 +55,18 @@ OPSET = 18
 PER_CHANNEL = True
 # Largest relative error (max |onnx - torch| / max |torch|) accepted per variant, for the encoder output and the
 # decoder logits. fp32 differs from PyTorch by summation order only; fp16 and int8 by their rounding.
-TOLERANCE = {"fp32": 1e-3, "fp16": 2e-2, "q8": 0.25}
+# How far each variant may be from PyTorch on the check clip, per part: (measure, tolerance). fp32 and fp16 only
+# round, so they are held to their largest element's error (relative to the largest reference value). q8 adds noise
+# everywhere, and one element of the encoder output says little: on the tiny.en fast preset one element was off by
+# 0.77 of the largest value while the relative RMS error was 0.031 and greedy WER rose by 0.63 (15.21 % to 15.84 %,
+# librispeech-test-other-60), so the q8 encoder is held to its relative RMS error. Logits are held to their
+# largest element in every dtype (their RMS is dominated by the many unlikely tokens).
+CHECKS = {
+    "fp32": {"encoder": ("max", 1e-3), "decoder": ("max", 1e-3)},
+    "fp16": {"encoder": ("max", 2e-2), "decoder": ("max", 2e-2)},
+    "q8": {"encoder": ("rms", 0.15), "decoder": ("max", 0.25)},
+}
+ERROR_NAMES = {"max": "relative, largest element", "rms": "relative RMS"}
 DEFAULT_CHECK_AUDIO = (Path(__file__).resolve().parents[1].parent / "shared" / "data" / "librispeech-test-clean-mini"
                        / "1089-134686-0000.flac")
 
@@ -421,19 +433,26 @@ def empty_past(decoder_session, batch: int) -> Dict[str, np.ndarray]:
     return feeds
 
 
-def relative_error(reference: np.ndarray, value: np.ndarray) -> float:
-    return float(np.max(np.abs(reference - value)) / max(float(np.max(np.abs(reference))), 1e-12))
+def relative_error(reference: np.ndarray, value: np.ndarray, measure: str = "max") -> float:
+    """"max": the largest absolute difference over the largest absolute reference value; "rms": the RMS of the
+    difference over the RMS of the reference."""
+    reference = reference.astype(np.float64)
+    difference = reference - value
+    if measure == "rms":
+        return float(np.sqrt(np.mean(difference ** 2)) / max(float(np.sqrt(np.mean(reference ** 2))), 1e-12))
+    return float(np.max(np.abs(difference)) / max(float(np.max(np.abs(reference))), 1e-12))
 
 
 def check_variant(model, features: torch.Tensor, prompt: List[int], folder: Path, dtype: str, steps: int = 3) -> dict:
-    """Relative errors of one variant's encoder output and decoder logits (no past, then `steps` with past)
-    against PyTorch, on the given features and prompt; the PyTorch side follows its own greedy tokens."""
+    """Relative errors (as CHECKS measures them for `dtype`) of one variant's encoder output and decoder logits (no past, then
+    `steps` with past) against PyTorch, on the given features and prompt; the PyTorch side follows its own greedy
+    tokens."""
     encoder = session(folder / file_name(ENCODER, dtype))
     decoder = session(folder / file_name(DECODER, dtype))
     with torch.inference_mode():
         reference_states = model.get_encoder()(features).last_hidden_state
     states = encoder.run(["last_hidden_state"], {"input_features": features.numpy()})[0]
-    errors = {"encoder": relative_error(reference_states.numpy(), states)}
+    errors = {"encoder": relative_error(reference_states.numpy(), states, CHECKS[dtype]["encoder"][0])}
 
     tokens = torch.tensor([prompt], dtype=torch.long)
     names = [value.name for value in decoder.get_outputs()]
@@ -444,7 +463,7 @@ def check_variant(model, features: torch.Tensor, prompt: List[int], folder: Path
         with torch.inference_mode():
             reference = model(encoder_outputs=(reference_states,), decoder_input_ids=tokens).logits[:, -1]
         outputs = dict(zip(names, decoder.run(names, feeds)))
-        decoder_errors.append(relative_error(reference.numpy(), outputs["logits"][:, -1]))
+        decoder_errors.append(relative_error(reference.numpy(), outputs["logits"][:, -1], CHECKS[dtype]["decoder"][0]))
         next_token = reference.argmax(-1, keepdim=True)
         tokens = torch.cat([tokens, next_token], dim=1)
         feeds = {"input_ids": next_token.numpy(), "encoder_hidden_states": reference_states.numpy(),
@@ -531,14 +550,16 @@ def export_onnx(model_path, out_dir=None, dtypes: Sequence[str] = DEFAULT_DTYPES
         for dtype in dtypes:
             errors = check_variant(model, features, prompt, staging, dtype)
             report.errors[dtype] = errors
-            log(f"check {dtype} on {clip.name}: encoder rel. error {errors['encoder']:.2e}, decoder logits "
-                f"{errors['decoder']:.2e} (tolerance {TOLERANCE[dtype]:.0e})")
+            log(f"check {dtype} on {clip.name}: " + ", ".join(
+                f"{part} {errors[part]:.2e} ({ERROR_NAMES[measure]}, tolerance {tolerance:g})"
+                for part, (measure, tolerance) in CHECKS[dtype].items()))
             for part, error in errors.items():
-                if not error <= TOLERANCE[dtype]:
+                measure, tolerance = CHECKS[dtype][part]
+                if not error <= tolerance:
                     raise OnnxMismatchError(
                         f"{file_name(ENCODER if part == 'encoder' else DECODER, dtype)}: its {part} output differs "
-                        f"from PyTorch by {error:.3g} (relative, max abs), above the {dtype} tolerance "
-                        f"{TOLERANCE[dtype]:g}; the export is wrong, nothing was written"
+                        f"from PyTorch by {error:.3g} ({ERROR_NAMES[measure]}), above the {dtype} tolerance "
+                        f"{tolerance:g}; the export is wrong, nothing was written"
                     )
         for name in sorted(os.listdir(staging)):
             if name.endswith(".onnx"):
