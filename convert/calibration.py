@@ -274,11 +274,14 @@ def collect_stats(
     total: Optional[int] = None,
     name: Optional[str] = None,
     calibration: str = "",
+    on_batch: Optional[Callable[[list, torch.Tensor], None]] = None,
 ) -> Stats:
     """Run `utterances` (audio.Utterance) through the model's encoder and return the output statistics.
 
     `feature_extractor` is the model's WhisperFeatureExtractor; `frames` is "real" or "all" (see the module
     docstring); `total` only sizes the progress bar; `name` and `calibration` are recorded in the Stats.
+    `on_batch(utterances, last_hidden_state)`, if given, sees each batch's encoder output [b, positions, d] (the
+    sensitivity probe reuses it instead of running the encoder on its clips again).
     """
     if frames not in FRAMES_POLICIES:
         raise CalibrationError(f"frames must be one of {', '.join(FRAMES_POLICIES)}, got {frames!r}")
@@ -308,7 +311,9 @@ def collect_stats(
             real_mask = real_positions(inputs.attention_mask, positions)
             mask = real_mask if frames == "real" else None
             collector.mask = mask.to(parameter.device) if mask is not None else None
-            encoder(features)
+            encoded = encoder(features)
+            if on_batch is not None:
+                on_batch(batch, encoded.last_hidden_state)
             seen += len(batch)
             seconds += sum(len(utterance.audio) for utterance in batch) / feature_extractor.sampling_rate
             real += int(real_mask.sum())

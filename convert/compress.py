@@ -174,6 +174,25 @@ class _FirstClips:
             yield utterance
 
 
+class _EncoderStates:
+    """The stock encoder's outputs on the first calibration clips, kept during the calibration pass so that the
+    sensitivity probe transcribes them without running the encoder again (base: 3 MB per clip in float32)."""
+
+    def __init__(self):
+        self.batches: List[torch.Tensor] = []  # [b, positions, d] each, on the CPU
+        self.count = 0
+
+    def keep(self, states: torch.Tensor, wanted: int) -> None:
+        if self.count < wanted:
+            kept = states[: wanted - self.count].detach().cpu()
+            self.batches.append(kept)
+            self.count += kept.shape[0]
+
+    def of(self, clips: int) -> Optional[torch.Tensor]:
+        """[clips, positions, d] when the first `clips` were kept, else None (the probe runs the encoder)."""
+        return torch.cat(self.batches)[:clips] if self.batches and self.count >= clips else None
+
+
 def default_calibration(model) -> tuple:
     """The calibration sources a model gets when none are named: LibriSpeech for English-only models, a mix of
     languages (audio.DEFAULT_MULTILINGUAL_CALIBRATION) for multilingual ones."""
@@ -254,6 +273,7 @@ def prepare_stats(
     identity = model_identity(model, name)
     stats_path = Path(stats_path) if stats_path is not None else None
     clips = _FirstClips([], 0)
+    probe_states = _EncoderStates()
     if stats_path is not None and stats_path.exists():
         stats = load_stats(stats_path, identity)
         if frames is not None and frames != stats.frames:
@@ -269,12 +289,14 @@ def prepare_stats(
                                                   balance=balance),
                                  "audio decoding")
         clips = _FirstClips(decoded, max(own_probe_clips, 1))
+        keep_states = own_probe_clips if sensitivity else 0
         with stages.stage("calibration statistics"):
             stats = processes.run(
                 lambda: collect_stats(model, feature_extractor, clips, batch_size=batch_size,
                                       frames=frames or default_frames, progress=progress,
                                       total=len(range(index, num_samples, count)), name=name,
-                                      calibration=mix_name(calibration)),
+                                      calibration=mix_name(calibration),
+                                      on_batch=lambda _, states: probe_states.keep(states, keep_states)),
                 "calibration",
             )
             if count > 1:
@@ -294,7 +316,9 @@ def prepare_stats(
         probe_audio = clips.kept[:own_probe_clips] or first_clips(calibration, probe_clips, balance, stages)[index::count]
         with stages.stage("sensitivity"):
             probes = processes.run(lambda: probe_set(model, feature_extractor, probe_audio, batch_size=batch_size,
-                                                     reference=sensitivity_method == "probe"), "sensitivity probe")
+                                                     reference=sensitivity_method == "probe",
+                                                     encoder_states=probe_states.of(len(probe_audio))),
+                                   "sensitivity probe")
             stats.sensitivity, stats.sensitivity_curves, extras = measure(
                 model, probes, by_slot, sensitivity_method, probe_level, progress, processes)
             stats.sensitivity_probe = {**probe_description(probes, probe_level, mix_name(calibration), processes),

@@ -6,7 +6,8 @@ out_proj moves the decoder's predictions ~500 times more than cutting layer 2's 
 allocation"). So we measure it.
 
 Probe set: a few calibration clips and the stock model's own greedy transcripts of them (pseudo-labels: no
-references needed). A multilingual model transcribes each clip in its own language: the one its source states
+references needed), decoded from the encoder outputs the calibration pass already computed where `compress`
+kept them (the probe clips are the first calibration clips), so the encoder does not run on them again. A multilingual model transcribes each clip in its own language: the one its source states
 (`Utterance.language`), else the one the model detects, so a mix of languages probes every language in it. For a model M, the probe loss is the mean over transcript tokens of
 KL(stock ‖ M) between next-token distributions, teacher-forced on the stock transcripts.
 
@@ -66,44 +67,60 @@ def _generate_kwargs(model, languages: Optional[List[str]] = None) -> dict:
     return kwargs
 
 
-def clip_languages(model, features: torch.Tensor, given: List[Optional[str]], batch_size: int) -> List[Optional[str]]:
+def clip_languages(model, features: torch.Tensor, given: List[Optional[str]], batch_size: int,
+                   encoder_states: Optional[torch.Tensor] = None) -> List[Optional[str]]:
     """Each clip's language for a multilingual model: the given one, else the one the model detects from its
-    first 30 s window; [None, ...] for an English-only model."""
+    first 30 s window (from `encoder_states` [clips, positions, d] when given, else from `features`); [None, ...]
+    for an English-only model."""
     if not getattr(model.generation_config, "is_multilingual", False):
         return [None] * len(given)
     languages = list(given)
     unknown = [position for position, language in enumerate(languages) if language is None]
     if unknown:
         code_of = {token_id: token.strip("<|>") for token, token_id in model.generation_config.lang_to_id.items()}
-        parameter = next(model.parameters())
         for start in range(0, len(unknown), batch_size):
             positions = unknown[start : start + batch_size]
-            batch = features[positions].to(device=parameter.device, dtype=parameter.dtype)
+            inputs = _encoder_inputs(model, features, encoder_states, positions)
             with torch.inference_mode():
-                detected = model.detect_language(input_features=batch)  # [b] language token ids
+                detected = model.detect_language(**inputs)  # [b] language token ids
             for position, token_id in zip(positions, detected.tolist()):
                 languages[position] = code_of[token_id]
     return languages
 
 
-def _log_probs(model, probes_features, decoder_ids, mask, batch_size: int) -> torch.Tensor:
+def _encoder_inputs(model, features: torch.Tensor, encoder_states: Optional[torch.Tensor], rows) -> dict:
+    """Keyword arguments that give the model clips `rows`: their encoder output when it is known (no encoder pass),
+    else their log-mel features; on the model's device and dtype."""
+    from transformers.modeling_outputs import BaseModelOutput
+
+    parameter = next(model.parameters())
+    if encoder_states is not None:
+        states = encoder_states[rows].to(device=parameter.device, dtype=parameter.dtype)
+        return {"encoder_outputs": BaseModelOutput(last_hidden_state=states)}
+    return {"input_features": features[rows].to(device=parameter.device, dtype=parameter.dtype)}
+
+
+def _log_probs(model, probes_features, decoder_ids, mask, batch_size: int,
+               encoder_states: Optional[torch.Tensor] = None) -> torch.Tensor:
     """Teacher-forced next-token log-probs [tokens, vocab] at the masked positions."""
     parameter = next(model.parameters())
     chunks = []
     with torch.inference_mode():
         for start in range(0, decoder_ids.shape[0], batch_size):
             stop = start + batch_size
-            features = probes_features[start:stop].to(device=parameter.device, dtype=parameter.dtype)
+            inputs = _encoder_inputs(model, probes_features, encoder_states, slice(start, stop))
             ids = decoder_ids[start:stop, :-1].to(parameter.device)
-            logits = model(input_features=features, decoder_input_ids=ids).logits  # [b, T-1, vocab]
+            logits = model(**inputs, decoder_input_ids=ids).logits  # [b, T-1, vocab]
             chunks.append(torch.log_softmax(logits.float(), dim=-1)[mask[start:stop].to(parameter.device)].cpu())
     return torch.cat(chunks)
 
 
-def probe_set(model, feature_extractor, clips: Iterable, batch_size: int = 8, reference: bool = True) -> ProbeSet:
+def probe_set(model, feature_extractor, clips: Iterable, batch_size: int = 8, reference: bool = True,
+              encoder_states: Optional[torch.Tensor] = None) -> ProbeSet:
     """Transcribe `clips` (audio.Utterance) greedily with the stock `model` and keep its predictions (with
     `reference`, also its teacher-forced log-probs, which `probe_loss` compares against; the Fisher estimate
-    does not need them)."""
+    does not need them). `encoder_states` [clips, positions, d]: the stock encoder's outputs on these clips, where
+    calibration has already computed them; the encoder then does not run again."""
     clips = list(clips)
     audios = [clip.audio for clip in clips]
     if not audios:
@@ -112,16 +129,19 @@ def probe_set(model, feature_extractor, clips: Iterable, batch_size: int = 8, re
                                return_attention_mask=True)  # without it, generate warns on a batch
     features = inputs.input_features
     given = [getattr(clip, "language", None) for clip in clips]
-    languages = clip_languages(model, features, given, batch_size)
+    if encoder_states is not None and encoder_states.shape[0] != len(clips):
+        raise ValueError(f"{encoder_states.shape[0]} encoder outputs for {len(clips)} probe clips")
+    languages = clip_languages(model, features, given, batch_size, encoder_states)
     parameter = next(model.parameters())
     transcripts = []
     with torch.inference_mode():
         for start in range(0, len(audios), batch_size):
-            batch = features[start : start + batch_size].to(device=parameter.device, dtype=parameter.dtype)
-            mask = inputs.attention_mask[start : start + batch_size].to(parameter.device)
+            rows = slice(start, start + batch_size)
+            mask = inputs.attention_mask[rows].to(parameter.device)
             # The full sequences: decoder prompt, transcript, eos (plain generate drops the prompt and eos).
-            kwargs = _generate_kwargs(model, [language for language in languages[start : start + batch_size] if language])
-            output = model.generate(batch, attention_mask=mask, return_dict_in_generate=True, **kwargs)
+            kwargs = _generate_kwargs(model, [language for language in languages[rows] if language])
+            output = model.generate(**_encoder_inputs(model, features, encoder_states, rows), attention_mask=mask,
+                                    return_dict_in_generate=True, **kwargs)
             transcripts.append(output["sequences"].cpu())
     width = max(ids.shape[1] for ids in transcripts)
     eos = model.generation_config.eos_token_id
@@ -134,7 +154,7 @@ def probe_set(model, feature_extractor, clips: Iterable, batch_size: int = 8, re
     prompt_length = (decoder_ids <= eos).int().argmax(dim=1)  # [clips]: position of the first transcript token
     in_prompt = torch.arange(1, decoder_ids.shape[1])[None, :] < prompt_length[:, None]
     mask = ~after_first_eos & ~in_prompt  # [clips, T-1]
-    log_probs = _log_probs(model, features, decoder_ids, mask, batch_size) if reference else None
+    log_probs = _log_probs(model, features, decoder_ids, mask, batch_size, encoder_states) if reference else None
     detected = sum(given_language is None and language is not None for given_language, language in zip(given, languages))
     return ProbeSet(features, decoder_ids, mask, log_probs, batch_size, languages, detected)
 

@@ -235,3 +235,31 @@ def test_the_sensitivity_default_is_fisher_for_multilingual_models_and_the_probe
     assert default_sensitivity_method(english_only) == "probe"
     assert default_probe_clips("fisher", 250) == 100 and default_probe_clips("fisher", 40) == 40
     assert default_probe_clips("probe", 250) == 32
+
+
+@pytest.mark.parametrize("method", ["probe", "fisher"])
+def test_the_sensitivity_stage_reuses_the_encoder_outputs_of_the_calibration_pass(base, calibration, method):
+    """The probe clips are the first calibration clips: their transcripts (and the probe's reference log-probs) come
+    from the encoder outputs calibration computed, and the sensitivities are those of a probe that reruns it."""
+    from lite_whisper_convert.audio import iter_calibration
+    from lite_whisper_convert.fisher import fisher_sensitivity
+    from lite_whisper_convert.sensitivity import measure_sensitivity, probe_set
+
+    model, feature_extractor = compress_module.load_base(str(base))
+    calls = []
+    handle = model.get_encoder().register_forward_pre_hook(lambda module, args: calls.append(1))
+    try:
+        stats, by_slot, _ = compress_module.prepare_stats(model, feature_extractor, str(calibration), num_samples=4,
+                                                          batch_size=2, probe_clips=4, sensitivity_method=method,
+                                                          progress=False)
+    finally:
+        handle.remove()
+    fisher_passes = 1 if method == "fisher" else 0  # its one forward (and backward) of the 4 probe clips
+    assert len(calls) == 2 + fisher_passes  # the two calibration batches; no encoder pass to transcribe the probe clips
+    clips = list(iter_calibration(str(calibration), limit=4))  # batched as calibration batched them: same rounding
+    probes = probe_set(model, feature_extractor, clips, batch_size=2, reference=method == "probe")
+    if method == "probe":
+        expected = measure_sensitivity(model, probes, by_slot)
+    else:
+        expected, _ = fisher_sensitivity(model, probes, by_slot)
+    assert stats.sensitivity == pytest.approx(expected, rel=1e-4, abs=1e-12)
