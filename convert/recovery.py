@@ -19,11 +19,12 @@ fixes the compressed encoder against the stock one on (unlabelled) calibration a
 2. **Distillation** (`distill`): AdamW with linear warm-up and cosine decay trains the low-rank factors and
    biases (and optionally the encoder's layer norms) to match the stock encoder's final hidden states
    (plus, with a weight, every layer's output), in float32 on full 30 s windows: the decoder cross-attends to
-   every encoder position, padding included. Targets are computed on the fly by the stock encoder, so memory
-   holds only log-mel features (1 MB per clip). A held-out slice of the calibration clips is scored every
-   `eval_every` steps and the best state is kept (early stopping). Under `accelerate launch` each process
-   takes its shard of the training clips and gradients are all-reduced (accelerate's DDP); the held-out loss
-   is summed across processes, so every process keeps the same best state.
+   every encoder position, padding included. The stock encoder's outputs on the training and held-out clips
+   are computed once and kept (`StockTargets`: 2.3 MB per clip for tiny, 7.7 MB for large-v3, up to
+   TARGET_CACHE_BYTES; beyond that they are computed at each step). A held-out slice of the calibration clips
+   is scored every `eval_every` steps and the best state is kept (early stopping). Under `accelerate launch`
+   each process takes its shard of the training clips and gradients are all-reduced (accelerate's DDP); the
+   held-out loss is summed across processes, so every process keeps the same best state.
 
 `recover` runs both and returns a `RecoveryReport` (held-out relative error of the final hidden states before,
 after the refit and after distillation; steps; seconds). `steps=0` with `refit=False` is the paper's recipe.
@@ -45,6 +46,8 @@ from modeling_lite_whisper import LowRankLinear, set_inference_layout
 
 from .calibration import encoder_of, encoder_stem, run_layer
 
+# Distillation keeps the stock encoder's outputs on its clips up to this size (StockTargets).
+TARGET_CACHE_BYTES = 2e9
 # Within one encoder layer, the order in which data reaches the factored linears.
 REFIT_STAGES = (("q_proj", "k_proj", "v_proj"), ("out_proj",), ("fc1",), ("fc2",))
 
@@ -91,6 +94,7 @@ class RecoveryReport:
     steps_run: int = 0
     refit_seconds: float = 0.0
     distill_seconds: float = 0.0
+    targets_kept: bool = False  # distillation kept the stock encoder's outputs instead of recomputing them per step
     history: List[dict] = field(default_factory=list)  # {"step", "train_loss", "holdout_error"}
 
     def as_dict(self) -> dict:
@@ -258,15 +262,65 @@ def trainable_parameters(lite, train_layer_norms: bool = True) -> Dict[str, nn.P
     return chosen
 
 
+class StockTargets:
+    """The stock encoder's outputs on a set of clips, computed once and kept where they fit `budget` bytes, else
+    computed again at each use (the old cost: one stock forward per clip per use).
+
+    Distillation reads the final hidden states [positions, d] of 4 clips per step for 200 steps and every held-out
+    clip at each check: kept, they cost one stock pass over the clips instead of about ten (tiny: 2.3 MB per clip,
+    large-v3: 7.7 MB; with `layer_outputs`, every layer's output as well)."""
+
+    def __init__(self, stock, features: torch.Tensor, layer_outputs: bool = False,
+                 budget: Optional[float] = None, chunk_size: int = 8):
+        budget = TARGET_CACHE_BYTES if budget is None else budget
+        self.encoder = encoder_of(stock)
+        self.features, self.layer_outputs = features, layer_outputs
+        parameter = next(self.encoder.parameters())
+        config = stock.config
+        per_clip = (config.max_source_positions * config.d_model * torch.finfo(parameter.dtype).bits // 8
+                    * (1 + (config.encoder_layers if layer_outputs else 0)))
+        self.final: Optional[torch.Tensor] = None  # [clips, positions, d] when kept
+        self.layers: Optional[List[torch.Tensor]] = None
+        if len(features) and len(features) * per_clip <= budget:
+            finals, layers = [], []
+            for chunk in _chunks(features, chunk_size):
+                final, outputs = self._encode(chunk.to(parameter.device, parameter.dtype))
+                finals.append(final)
+                layers.append(outputs)
+            self.final = torch.cat(finals)
+            self.layers = [torch.cat(outputs) for outputs in zip(*layers)] if layer_outputs else []
+
+    @torch.no_grad()
+    def _encode(self, features: torch.Tensor):
+        if self.layer_outputs:
+            return encode(self.encoder, features, layer_outputs=True)
+        return encode(self.encoder, features), []
+
+    @property
+    def kept(self) -> bool:
+        return self.final is not None
+
+    def __call__(self, indices) -> tuple:
+        """(final hidden states, [every layer's output] or []) of clips `indices` (a list or a slice)."""
+        if self.kept:
+            return self.final[indices], [layer[indices] for layer in self.layers]
+        parameter = next(self.encoder.parameters())
+        return self._encode(self.features[indices].to(parameter.device, parameter.dtype))
+
+
 @torch.no_grad()
-def holdout_error(lite, stock, features: torch.Tensor, chunk_size: int = 8, processes=None) -> float:
-    """Relative MSE of the final hidden states on `features` (summed over processes when given)."""
-    lite_encoder, stock_encoder = encoder_of(lite), encoder_of(stock)
+def holdout_error(lite, stock, features: torch.Tensor, chunk_size: int = 8, processes=None,
+                  targets: Optional[StockTargets] = None) -> float:
+    """Relative MSE of the final hidden states on `features` (summed over processes when given); `targets`: the
+    stock outputs on them, when already computed."""
+    lite_encoder = encoder_of(lite)
+    targets = targets or StockTargets(stock, features, budget=0)
     parameter = next(lite_encoder.parameters())
     sums = torch.zeros(2, dtype=torch.float64, device=parameter.device)
-    for chunk in _chunks(features, chunk_size):
-        chunk = chunk.to(parameter.device, parameter.dtype)
-        target = encode(stock_encoder, chunk)
+    for start in range(0, len(features), chunk_size):
+        rows = slice(start, start + chunk_size)
+        chunk = features[rows].to(parameter.device, parameter.dtype)
+        target, _ = targets(rows)
         prediction = encode(lite_encoder, chunk)
         sums[0] += (prediction - target).double().pow(2).sum()
         sums[1] += target.double().pow(2).sum()
@@ -298,9 +352,11 @@ def _learning_rate_factor(step: int, warmup: int, total: int) -> float:
 def distill(
     lite, stock, train_features: torch.Tensor, holdout_features: torch.Tensor, settings: RecoverySettings,
     processes=None, progress: bool = False, report: Optional[RecoveryReport] = None,
+    holdout_targets: Optional[StockTargets] = None,
 ) -> RecoveryReport:
     """Train the factors (and layer norms) of `lite`'s encoder to reproduce `stock`'s, in place; keep the state
-    with the lowest held-out error. `train_features` / `holdout_features` are this process's shards."""
+    with the lowest held-out error. `train_features` / `holdout_features` are this process's shards;
+    `holdout_targets` the stock outputs on the latter, when already computed."""
     from tqdm.auto import tqdm
 
     report = report or RecoveryReport(settings.as_dict(), len(train_features), len(holdout_features))
@@ -328,7 +384,11 @@ def distill(
     for parameter in chosen.values():
         parameter.requires_grad_(True)
 
+    started = time.perf_counter()
     generator = torch.Generator().manual_seed(settings.seed + (processes.index if processes is not None else 0))
+    train_targets = StockTargets(stock, train_features, layer_outputs=settings.layer_loss_weight > 0)
+    holdout_targets = holdout_targets or StockTargets(stock, holdout_features)
+    report.targets_kept = train_targets.kept and (holdout_targets.kept or not len(holdout_features))
     student = _Student(lite_encoder, settings.layer_loss_weight > 0)
     optimizer = torch.optim.AdamW(list(chosen.values()), lr=settings.learning_rate, weight_decay=settings.weight_decay)
     if multi:
@@ -343,11 +403,10 @@ def distill(
     lite_encoder.eval()  # no dropout
     best_error = report.holdout_error_after_refit if report.holdout_error_after_refit is not None else report.holdout_error_before
     if best_error is None and len(holdout_features):
-        best_error = holdout_error(lite, stock, holdout_features, processes=processes)
+        best_error = holdout_error(lite, stock, holdout_features, processes=processes, targets=holdout_targets)
     best_state = {name: parameter.detach().clone() for name, parameter in chosen.items()}
     order = torch.randperm(len(train_features), generator=generator)
     cursor = 0
-    started = time.perf_counter()
     bar = tqdm(total=settings.steps, desc="recovery", unit="step", disable=not progress)
     try:
         for step in range(settings.steps):
@@ -358,8 +417,7 @@ def distill(
                 indices.append(int(order[cursor]))
                 cursor += 1
             batch = train_features[indices].to(next(lite_encoder.parameters()).device, dtype)
-            with torch.no_grad():
-                target, target_layers = encode(stock_encoder, batch, layer_outputs=True)
+            target, target_layers = train_targets(indices)
             output = student(batch)
             prediction, prediction_layers = output if isinstance(output, tuple) else (output, [])
             loss = _relative_error(prediction, target)
@@ -378,7 +436,7 @@ def distill(
             entry = {"step": step + 1, "train_loss": loss.item()}
             if (step + 1) % settings.eval_every == 0 or step + 1 == settings.steps:
                 if len(holdout_features):
-                    error = holdout_error(lite, stock, holdout_features, processes=processes)
+                    error = holdout_error(lite, stock, holdout_features, processes=processes, targets=holdout_targets)
                     entry["holdout_error"] = error
                     if best_error is None or error < best_error:
                         best_error, report.best_step = error, step + 1
@@ -432,8 +490,10 @@ def recover(
     train_features = log_mel_features(feature_extractor, train[index::count])
     holdout_features = log_mel_features(feature_extractor, held_out[index::count])
     report = RecoveryReport(settings.as_dict(), len(train), len(held_out))
+    holdout_targets = StockTargets(stock, holdout_features)
     if len(held_out):
-        report.holdout_error_before = holdout_error(lite, stock, holdout_features, processes=processes)
+        report.holdout_error_before = holdout_error(lite, stock, holdout_features, processes=processes,
+                                                    targets=holdout_targets)
     if settings.refit:
         started = time.perf_counter()
         refit_clips = train[: settings.refit_clips]
@@ -445,7 +505,8 @@ def recover(
         lite.eval()
         report.refit_seconds = time.perf_counter() - started
         if len(held_out):
-            report.holdout_error_after_refit = holdout_error(lite, stock, holdout_features, processes=processes)
+            report.holdout_error_after_refit = holdout_error(lite, stock, holdout_features, processes=processes,
+                                                             targets=holdout_targets)
             if report.holdout_error_after_refit > report.holdout_error_before:  # it made the output worse: undo
                 with torch.no_grad():
                     for name, parameter in trainable_parameters(lite).items():
@@ -455,7 +516,7 @@ def recover(
                 report.holdout_error_after_refit = report.holdout_error_before
         del before_refit
     report.holdout_error_after = report.holdout_error_after_refit
-    distill(lite, stock, train_features, holdout_features, settings, processes, progress, report)
+    distill(lite, stock, train_features, holdout_features, settings, processes, progress, report, holdout_targets)
     if report.holdout_error_after is None and report.holdout_error_before is not None:
         report.holdout_error_after = report.holdout_error_before
     lite.eval()

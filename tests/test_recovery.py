@@ -78,6 +78,28 @@ def test_distillation_lowers_the_held_out_error_and_trains_only_factors_biases_a
     assert flags == [parameter.requires_grad for parameter in list(lite.parameters()) + list(stock.parameters())]
 
 
+@pytest.mark.parametrize("layer_loss_weight", [0.0, 0.5])
+def test_distillation_trains_alike_on_kept_and_recomputed_stock_outputs(monkeypatch, layer_loss_weight):
+    """The stock encoder's outputs are computed once and kept (not once per step); where they do not fit the
+    budget they are recomputed, and training is the same either way."""
+    from lite_whisper_convert import recovery
+
+    settings = RecoverySettings(steps=8, refit=False, holdout=4, batch_size=4, learning_rate=3e-3, eval_every=4,
+                                layer_loss_weight=layer_loss_weight)
+    runs = []
+    for budget in (recovery.TARGET_CACHE_BYTES, 0):
+        monkeypatch.setattr(recovery, "TARGET_CACHE_BYTES", budget)
+        stock, lite, extractor, calibration = compressed()
+        report = recover(lite, stock, extractor, calibration, settings, progress=False)
+        runs.append((report, state_of(lite)))
+    (kept, kept_state), (recomputed, recomputed_state) = runs
+    assert kept.targets_kept and not recomputed.targets_kept
+    assert [entry["train_loss"] for entry in kept.history] == pytest.approx(
+        [entry["train_loss"] for entry in recomputed.history], rel=1e-4)
+    for name in kept_state:
+        torch.testing.assert_close(kept_state[name], recomputed_state[name], atol=1e-5, rtol=1e-4)
+
+
 def test_training_the_layer_norms_leaves_the_teacher_alone():
     stock, lite, extractor, calibration = compressed()  # decompose shares the layer norms with the stock model
     stock_state = state_of(stock)
