@@ -128,6 +128,8 @@ def load_onnx_model(folder, dtype: str = "fp32", threads: Optional[int] = None):
     """(OnnxWhisper, processor) for an exported folder or Hub repo: what `evaluation.load_model` returns for PyTorch."""
     from transformers import AutoProcessor
 
+    import configuration_lite_whisper  # noqa: F401  registers "lite-whisper": AutoProcessor then never prompts
+
     if not Path(folder).exists() and str(folder).count("/") == 1:  # a Hub repo id: fetch what this dtype needs
         from huggingface_hub import snapshot_download
 
