@@ -7,9 +7,11 @@ allocation"). So we measure it.
 
 Probe set: a few calibration clips and the stock model's own greedy transcripts of them (pseudo-labels: no
 references needed), decoded from the encoder outputs the calibration pass already computed where `compress`
-kept them (the probe clips are the first calibration clips), so the encoder does not run on them again. A multilingual model transcribes each clip in its own language: the one its source states
-(`Utterance.language`), else the one the model detects, so a mix of languages probes every language in it. For a model M, the probe loss is the mean over transcript tokens of
-KL(stock ‖ M) between next-token distributions, teacher-forced on the stock transcripts.
+kept them (the probe clips are the first calibration clips), so the encoder does not run on them again. A
+multilingual model transcribes each clip in its own language: the one its source states (`Utterance.language`),
+else the one the model detects, so a mix of languages probes every language in it. For a model M, the probe
+loss is the mean over transcript tokens of KL(stock ‖ M) between next-token distributions, teacher-forced on the
+stock transcripts.
 
 Sensitivity of a slot s: factor only s, at the smallest multiple-of-16 rank r whose explained variance reaches
 `level`, and divide the probe loss by the fraction of variance discarded:
