@@ -175,18 +175,21 @@ class _FirstClips:
 
 
 class _EncoderStates:
-    """The stock encoder's outputs on the first calibration clips, kept during the calibration pass so that the
-    sensitivity probe transcribes them without running the encoder again (base: 3 MB per clip in float32)."""
+    """The stock encoder's outputs on the first `wanted` calibration clips, kept during the calibration pass so that
+    the sensitivity probe transcribes them without running the encoder again (base: 3 MB per clip in float32)."""
 
-    def __init__(self):
+    def __init__(self, wanted: int):
+        self.wanted = wanted
         self.batches: List[torch.Tensor] = []  # [b, positions, d] each, on the CPU
-        self.count = 0
 
-    def keep(self, states: torch.Tensor, wanted: int) -> None:
-        if self.count < wanted:
-            kept = states[: wanted - self.count].detach().cpu()
-            self.batches.append(kept)
-            self.count += kept.shape[0]
+    @property
+    def count(self) -> int:
+        return sum(batch.shape[0] for batch in self.batches)
+
+    def keep(self, states: torch.Tensor) -> None:
+        """collect_stats' `on_batch`: keep this batch's outputs while fewer than `wanted` are kept."""
+        if self.count < self.wanted:
+            self.batches.append(states[: self.wanted - self.count].detach().cpu())
 
     def of(self, clips: int) -> Optional[torch.Tensor]:
         """[clips, positions, d] when the first `clips` were kept, else None (the probe runs the encoder)."""
@@ -273,7 +276,7 @@ def prepare_stats(
     identity = model_identity(model, name)
     stats_path = Path(stats_path) if stats_path is not None else None
     clips = _FirstClips([], 0)
-    probe_states = _EncoderStates()
+    probe_states = _EncoderStates(0)  # none kept when the sums come from a stats file
     if stats_path is not None and stats_path.exists():
         stats = load_stats(stats_path, identity)
         if frames is not None and frames != stats.frames:
@@ -289,14 +292,14 @@ def prepare_stats(
                                                   balance=balance),
                                  "audio decoding")
         clips = _FirstClips(decoded, max(own_probe_clips, 1))
-        keep_states = own_probe_clips if sensitivity else 0
+        probe_states = _EncoderStates(own_probe_clips if sensitivity else 0)
         with stages.stage("calibration statistics"):
             stats = processes.run(
                 lambda: collect_stats(model, feature_extractor, clips, batch_size=batch_size,
                                       frames=frames or default_frames, progress=progress,
                                       total=len(range(index, num_samples, count)), name=name,
                                       calibration=mix_name(calibration),
-                                      on_batch=lambda _, states: probe_states.keep(states, keep_states)),
+                                      on_batch=lambda _, states: probe_states.keep(states)),
                 "calibration",
             )
             if count > 1:
