@@ -11,11 +11,12 @@ Files (transformers.js and optimum names; one repo then serves transformers, ONN
   `present.{i}.{decoder,encoder}.{key,value}`. With `use_cache_branch` false (the first step: the past inputs
   are then empty tensors, as transformers.js feeds them) the decoder reads the whole prompt and computes the
   cross-attention keys/values from `encoder_hidden_states`; with true it reads the new tokens and the past, and
-  passes the encoder keys/values through.
+  returns empty cross-attention keys/values (the caller keeps the first step's, as transformers.js does).
 - Variants with transformers.js' suffixes: `_quantized` (q8: int8 dynamic quantisation of the MatMul/Gemm weights
-  by onnxruntime.quantization; the convolution stem stays float, since ONNX Runtime Web has no ConvInteger, and so
-  do the low-rank slots' second factors and the encoder's fc2, see `float_matmuls`) and
-  `_fp16` (weights and compute in float16, inputs and outputs float32).
+  by onnxruntime.quantization, the decoder's tied logits projection included, see `fold_weight_transposes`; the
+  convolution stem stays float, since ONNX Runtime Web has no ConvInteger, and so do the low-rank slots' second
+  factors and the encoder's fc2, see `float_matmuls`) and `_fp16` (weights and compute in float16, inputs and
+  outputs float32).
 
 How: each graph is exported from the PyTorch model by `torch.onnx.export(dynamo=True)` (transformers' own
 decoder and cache classes), the two decoder graphs are joined under one `If` node with the `onnx` helper API
@@ -53,6 +54,7 @@ OPSET = 18
 # q8 weights get one int8 scale per output column: on tiny.en (librispeech-test-other-60) q8 WER was 16.19 % per
 # column and 16.73 % per tensor, against 15.04 % in fp32.
 PER_CHANNEL = True
+OP_TYPES_Q8 = ["MatMul", "Gemm"]
 # Largest relative error (max |onnx - torch| / max |torch|) accepted per variant, for the encoder output and the
 # decoder logits. fp32 differs from PyTorch by summation order only; fp16 and int8 by their rounding.
 # How far each variant may be from PyTorch on the check clip, per part: (measure, tolerance). fp32 and fp16 only
@@ -198,7 +200,20 @@ def export_encoder(model, features: torch.Tensor):
 
 
 def export_decoders(model, encoder_hidden_states: torch.Tensor):
-    """(decoder without past, decoder with past) as ModelProtos, to be merged."""
+    """(decoder without past, decoder with past) as ModelProtos, to be merged.
+
+    The decoder is traced with transformers' eager attention rather than SDPA: the exporter's SDPA decomposition
+    transposes each layer's cross-attention keys [B, H, T, hd] at every step (on tiny.en q8, 1.6 of 15 ms per
+    step), where ONNX Runtime fuses eager's `query @ key.transpose` into one MatMul."""
+    attention = model.config._attn_implementation
+    model.config._attn_implementation = "eager"
+    try:
+        return _trace_decoders(model, encoder_hidden_states)
+    finally:
+        model.config._attn_implementation = attention
+
+
+def _trace_decoders(model, encoder_hidden_states: torch.Tensor):
     config = model.config
     layers = config.decoder_layers
     heads, head_dim = config.decoder_attention_heads, config.d_model // config.decoder_attention_heads
@@ -277,9 +292,10 @@ def _shared_initializers(models) -> Dict[str, object]:
 def merge_decoders(no_past, with_past, layers: int):
     """One decoder graph: `If(use_cache_branch)` chooses the with-past graph or the no-past graph.
 
-    Both branches read the outer graph's inputs by name and the shared weights; the with-past branch passes the
-    cross-attention keys/values it was given through as its `present.*.encoder.*` outputs (transformers.js and
-    optimum keep the ones from the first step anyway).
+    Both branches read the outer graph's inputs by name and the shared weights. The with-past branch returns
+    empty `present.*.encoder.*` tensors ([B, H, 0, hd]): the cross-attention keys/values never change after the
+    first step, and transformers.js (like optimum) keeps the first step's. Passing them through instead cost a
+    copy of every layer's keys and values per step (on tiny.en q8, 3.2 of 15 ms per step).
     """
     import onnx
     from onnx import TensorProto, helper
@@ -296,18 +312,25 @@ def merge_decoders(no_past, with_past, layers: int):
 
     outputs = ["logits"] + past_names(layers, "present")
     with_past_graph = with_past.graph
+    nothing, sequence_axis = "with_past/zero", "with_past/sequence_axis"
+    with_past_graph.node.extend([
+        helper.make_node("Constant", [], [nothing], value=helper.make_tensor(nothing, TensorProto.INT64, [1], [0])),
+        helper.make_node("Constant", [], [sequence_axis],
+                         value=helper.make_tensor(sequence_axis, TensorProto.INT64, [1], [2]))])
     produced = {value.name.split("/", 1)[1]: value for value in with_past_graph.output}
     ordered = []
     for name in outputs:
         if name in produced:
             ordered.append(produced[name])
-        else:  # a cross-attention key/value: pass the past one through
+        else:  # a cross-attention key/value: an empty [B, H, 0, hd] slice of the past one, not a copy of it
             source = name.replace("present", "past_key_values")
             target = f"with_past/{name}"
-            with_past_graph.node.append(helper.make_node("Identity", [source], [target], name=f"with_past/{name}"))
+            with_past_graph.node.append(helper.make_node("Slice", [source, nothing, nothing, sequence_axis],
+                                                         [target], name=f"with_past/{name}"))
             value = onnx.ValueInfoProto()
             value.CopyFrom(graph_inputs[source])
             value.name = target
+            value.type.tensor_type.shape.dim[2].dim_param = "encoder_sequence_length_out"  # 0 here, T without past
             ordered.append(value)
     del with_past_graph.output[:]
     with_past_graph.output.extend(ordered)
@@ -358,15 +381,42 @@ def quantize_q8(source: Path, target: Path, widths: Sequence[int], float_widths:
     import onnx
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
-    keep_float = float_matmuls(onnx.load(str(source), load_external_data=False), widths, float_widths)
+    model = fold_weight_transposes(onnx.load(str(source)))
+    keep_float = float_matmuls(model, widths, float_widths)
     root = logging.getLogger()
     level = root.level
     root.setLevel(logging.ERROR)  # the quantizer advises pre-processing on every call (shape inference we do not need)
     try:
-        quantize_dynamic(str(source), str(target), weight_type=QuantType.QInt8, per_channel=PER_CHANNEL,
-                         op_types_to_quantize=["MatMul", "Gemm"], nodes_to_exclude=keep_float)
+        quantize_dynamic(model, str(target), weight_type=QuantType.QInt8, per_channel=PER_CHANNEL,
+                         op_types_to_quantize=OP_TYPES_Q8, nodes_to_exclude=keep_float)
     finally:
         root.setLevel(level)
+
+
+def fold_weight_transposes(model):
+    """Replace each Transpose of a weight by the transposed weight, so that the MatMul reading it sees an initializer
+    that the quantizer can quantise. The decoder's logits are `hidden @ embed_tokens.weight.T` (the projection is
+    tied to the embedding): without this the largest matrix of the decoder stayed float32, and reading its
+    vocab x d floats was the largest cost of a decoder step (tiny.en q8: 4.4 of 11.9 ms). The embedding lookup keeps
+    the untransposed weight."""
+    from onnx import numpy_helper
+
+    graph = model.graph
+    weights = {tensor.name: tensor for tensor in graph.initializer}
+    renamed, kept = {}, []
+    for node in graph.node:
+        if node.op_type == "Transpose" and node.input[0] in weights and len(weights[node.input[0]].dims) == 2:
+            array = numpy_helper.to_array(weights[node.input[0]]).T
+            name = f"{node.input[0]}.T"
+            graph.initializer.append(numpy_helper.from_array(np.ascontiguousarray(array), name))
+            renamed[node.output[0]] = name
+        else:
+            kept.append(node)
+    for node in kept:
+        node.input[:] = [renamed.get(name, name) for name in node.input]
+    del graph.node[:]
+    graph.node.extend(kept)
+    return model
 
 
 def float_matmuls(model, widths: Sequence[int], float_widths: Sequence[int] = ()) -> List[str]:
@@ -401,12 +451,17 @@ def make_variant(dtype: str, source: Path, target: Path, widths: Sequence[int], 
 
 
 def convert_fp16(source: Path, target: Path) -> None:
-    """Weights and compute in float16; the graph's inputs and outputs stay float32."""
+    """Weights and compute in float16; the graph's inputs and outputs stay float32. Constants beyond float16's range
+    are clipped to +-10000: the decoder's causal mask (float32's lowest value) then still gives exp(-10000) = 0."""
+    import warnings
+
     import onnx
     from onnxconverter_common import float16
 
-    model = float16.convert_float_to_float16(onnx.load(str(source)), keep_io_types=True,
-                                             disable_shape_infer=True)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="the float32 number .* will be truncated to")
+        model = float16.convert_float_to_float16(onnx.load(str(source)), keep_io_types=True,
+                                                 disable_shape_infer=True)
     onnx.save(model, str(target))
 
 
@@ -431,6 +486,16 @@ def empty_past(decoder_session, batch: int) -> Dict[str, np.ndarray]:
             shape = [dim if isinstance(dim, int) else (batch if dim == "batch_size" else 0) for dim in value.shape]
             feeds[value.name] = np.zeros(shape, dtype=np.float32)
     return feeds
+
+
+def next_past(outputs: Dict[str, np.ndarray], past: Optional[Dict[str, np.ndarray]]) -> Dict[str, np.ndarray]:
+    """The past key/values for the next decoder step from a step's outputs: the new self-attention ones, and the
+    cross-attention ones of the first step (the with-past branch returns those empty), as transformers.js keeps them."""
+    new = {name.replace("present", "past_key_values"): value for name, value in outputs.items()
+           if name.startswith("present.")}
+    if past is not None:
+        new.update({name: value for name, value in past.items() if ".encoder." in name})
+    return new
 
 
 def relative_error(reference: np.ndarray, value: np.ndarray, measure: str = "max") -> float:
@@ -458,7 +523,7 @@ def check_variant(model, features: torch.Tensor, prompt: List[int], folder: Path
     names = [value.name for value in decoder.get_outputs()]
     feeds = {"input_ids": tokens.numpy(), "encoder_hidden_states": reference_states.numpy(),
              "use_cache_branch": np.array([False]), **empty_past(decoder, 1)}
-    decoder_errors = []
+    decoder_errors, past = [], None
     for step in range(steps + 1):
         with torch.inference_mode():
             reference = model(encoder_outputs=(reference_states,), decoder_input_ids=tokens).logits[:, -1]
@@ -466,10 +531,9 @@ def check_variant(model, features: torch.Tensor, prompt: List[int], folder: Path
         decoder_errors.append(relative_error(reference.numpy(), outputs["logits"][:, -1], CHECKS[dtype]["decoder"][0]))
         next_token = reference.argmax(-1, keepdim=True)
         tokens = torch.cat([tokens, next_token], dim=1)
+        past = next_past(outputs, past)
         feeds = {"input_ids": next_token.numpy(), "encoder_hidden_states": reference_states.numpy(),
-                 "use_cache_branch": np.array([True])}
-        feeds.update({name.replace("present", "past_key_values"): value for name, value in outputs.items()
-                      if name.startswith("present.")})
+                 "use_cache_branch": np.array([True]), **past}
     errors["decoder"] = max(decoder_errors)
     return errors
 

@@ -18,7 +18,7 @@ from typing import Optional
 import numpy as np
 import torch
 
-from .onnx_export import DECODER, ENCODER, ONNX_FOLDER, SUFFIXES, empty_past, file_name, session
+from .onnx_export import DECODER, ENCODER, ONNX_FOLDER, SUFFIXES, empty_past, file_name, next_past, session
 
 
 class OnnxRuntimeError(ValueError):
@@ -63,11 +63,7 @@ class OnnxWhisper:
                  "use_cache_branch": np.array([past is not None])}
         feeds.update(past if past is not None else empty_past(self.decoder, tokens.shape[0]))
         outputs = dict(zip(self.outputs, self.decoder.run(self.outputs, feeds)))
-        new_past = {name.replace("present", "past_key_values"): value for name, value in outputs.items()
-                    if name.startswith("present.")}
-        if past is not None:  # the cross-attention keys/values never change: keep the first step's
-            new_past.update({name: value for name, value in past.items() if ".encoder." in name})
-        return outputs["logits"][:, -1, :], new_past
+        return outputs["logits"][:, -1, :], next_past(outputs, past)
 
     def _language_tokens(self, states: np.ndarray, language: Optional[str]) -> np.ndarray:
         """<|xx|> per utterance: the given language, or the most likely one after <|startoftranscript|>."""

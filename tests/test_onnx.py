@@ -66,6 +66,42 @@ def test_export_writes_the_files_transformers_js_reads(exported):
     assert [node.op_type for node in decoder.graph.node] == ["If"]
 
 
+def test_decoder_steps_with_past_return_no_copy_of_the_cross_attention_cache(exported, clips):
+    """After the first step the merged decoder returns empty cross-attention keys/values (callers keep the first
+    step's, as transformers.js does) instead of copying every layer's [1, 6, 1500, 64] tensors at each step."""
+    folder, _ = exported
+    decoder = onnx_export.session(folder / "onnx" / "decoder_model_merged.onnx")
+    model, processor = load_model(folder, device="cpu")
+    features = processor.feature_extractor(clips[0].audio, sampling_rate=16000, return_tensors="pt").input_features
+    with torch.inference_mode():
+        states = model.get_encoder()(features).last_hidden_state.numpy()
+    names = [value.name for value in decoder.get_outputs()]
+    prompt = np.array([onnx_export.decoder_prompt(model)])
+    first = dict(zip(names, decoder.run(names, {"input_ids": prompt, "encoder_hidden_states": states,
+                                                "use_cache_branch": np.array([False]),
+                                                **onnx_export.empty_past(decoder, 1)})))
+    assert first["present.0.encoder.key"].shape == (1, 6, 1500, 64)
+    past = onnx_export.next_past(first, None)
+    second = dict(zip(names, decoder.run(names, {"input_ids": first["logits"][:, -1:].argmax(-1),
+                                                 "encoder_hidden_states": states,
+                                                 "use_cache_branch": np.array([True]), **past})))
+    assert second["present.3.encoder.value"].shape == (1, 6, 0, 64)
+    assert second["present.3.decoder.value"].shape == (1, 6, prompt.shape[1] + 1, 64)
+    assert onnx_export.next_past(second, past)["past_key_values.3.encoder.value"] is past[
+        "past_key_values.3.encoder.value"]
+
+
+def test_the_q8_decoder_quantizes_its_logits_projection(exported):
+    """The logits projection (tied to the token embedding, vocab x d) is the decoder's largest matrix: in the q8
+    file it is int8 as [d, vocab], and the float copy that remains is the embedding table the lookup reads."""
+    folder, _ = exported
+    decoder = onnx.load(str(folder / "onnx" / "decoder_model_merged_quantized.onnx"))
+    shapes = {(tuple(tensor.dims), tensor.data_type) for tensor in decoder.graph.initializer}
+    d, vocab = 384, 51864
+    assert ((d, vocab), onnx.TensorProto.INT8) in shapes
+    assert ((d, vocab), onnx.TensorProto.FLOAT) not in shapes and ((vocab, d), onnx.TensorProto.FLOAT) in shapes
+
+
 def test_low_rank_slots_stay_two_matmuls(exported):
     folder, _ = exported
     encoder = onnx.load(str(folder / "onnx" / "encoder_model.onnx"))
