@@ -102,6 +102,43 @@ def test_the_q8_decoder_quantizes_its_logits_projection(exported):
     assert ((d, vocab), onnx.TensorProto.FLOAT) not in shapes and ((vocab, d), onnx.TensorProto.FLOAT) in shapes
 
 
+def test_smoothing_the_logits_projection_keeps_the_logits_and_evens_its_input():
+    """`smooth_logits` moves per-channel scales from the final layer norm's output into the projection's weight: the
+    logits stay the same, and the projection's input no longer has a few channels far above the rest (what one
+    int8 scale per token cannot carry)."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    d, vocab = 16, 40
+    gamma = np.ones(d, np.float32)
+    gamma[:2] = 30.0  # two outlying channels, as in Whisper's final hidden state
+    weight = rng.standard_normal((d, vocab)).astype(np.float32)
+    graph = helper.make_graph(
+        [helper.make_node("LayerNormalization", ["x", "gamma", "beta"], ["h"], axis=-1),
+         helper.make_node("MatMul", ["h", "embed.T"], ["logits"])], "head",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [None, d])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [None, vocab]),
+         helper.make_tensor_value_info("h", TensorProto.FLOAT, [None, d])],
+        initializer=[numpy_helper.from_array(gamma, "gamma"), numpy_helper.from_array(np.zeros(d, np.float32), "beta"),
+                     numpy_helper.from_array(weight, "embed.T")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    x = rng.standard_normal((8, d)).astype(np.float32)
+
+    def run(proto):
+        import onnxruntime
+
+        session = onnxruntime.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
+        return session.run(["logits", "h"], {"x": x})
+
+    logits, hidden = run(model)
+    largest = np.abs(hidden).max(0)
+    onnx_export.smooth_logits(model, np.sqrt(largest / np.abs(weight).max(1)))
+    smoothed_logits, smoothed_hidden = run(model)
+    np.testing.assert_allclose(smoothed_logits, logits, rtol=1e-4, atol=1e-4 * np.abs(logits).max())
+    spread = lambda h: np.abs(h).max(0).max() / np.median(np.abs(h).max(0))
+    assert spread(hidden) > 10 and spread(smoothed_hidden) < spread(hidden) / 3
+
+
 def test_low_rank_slots_stay_two_matmuls(exported):
     folder, _ = exported
     encoder = onnx.load(str(folder / "onnx" / "encoder_model.onnx"))
@@ -114,20 +151,45 @@ def test_low_rank_slots_stay_two_matmuls(exported):
     assert (d, d) not in shapes and (d, ffn) not in shapes and (ffn, d) not in shapes  # no dense slot left
 
 
-def test_q8_keeps_float_the_matmuls_whose_inputs_one_int8_scale_cannot_carry(exported):
-    """In the q8 encoder the low-rank second factors and fc2 (its first factor here) stay float32; the attention
-    projections' and fc1's first factors are int8."""
+def test_q8_quantizes_the_balanced_factors_and_keeps_fc2_float(exported):
+    """In the q8 encoder both factors of the attention projections and fc1 are int8 (the second factors after
+    their rank channels are balanced), and fc2's first factor, which reads GELU's output, stays float32."""
     folder, _ = exported
     encoder = onnx.load(str(folder / "onnx" / "encoder_model_quantized.onnx"))
     kinds = {onnx.TensorProto.FLOAT: [], onnx.TensorProto.INT8: []}
     for tensor in encoder.graph.initializer:
         kinds.get(tensor.data_type, []).append(tuple(tensor.dims))
     d, ffn, layers = 384, 1536, 4
-    for shape in [(ATTENTION_RANK, d), (MLP_RANK, ffn), (MLP_RANK, d), (ffn, MLP_RANK)]:
-        assert kinds[onnx.TensorProto.FLOAT].count(shape) >= layers, shape
-    assert kinds[onnx.TensorProto.INT8].count((d, ATTENTION_RANK)) >= layers
-    assert kinds[onnx.TensorProto.INT8].count((d, MLP_RANK)) == layers  # fc1's first factor
+    for shape in [(d, ATTENTION_RANK), (ATTENTION_RANK, d), (d, MLP_RANK), (MLP_RANK, ffn), (MLP_RANK, d)]:
+        assert kinds[onnx.TensorProto.INT8].count(shape) >= layers, shape
+    assert kinds[onnx.TensorProto.FLOAT].count((ffn, MLP_RANK)) == layers
     assert (ffn, MLP_RANK) not in kinds[onnx.TensorProto.INT8]
+
+
+def test_balancing_the_factors_keeps_the_function_and_evens_the_rank_channels(tiny_en_dir, clips, tmp_path):
+    """`balance_low_rank_factors` rescales each slot's rank channels: the encoder computes the same output, and
+    x @ weight1 has equal RMS in every channel on the clip it was balanced on (before: principal components whose
+    scales span orders of magnitude, which one int8 scale cannot carry)."""
+    folder = build_lite_repo(tiny_en_dir, tmp_path / "lite", attention_rank=ATTENTION_RANK, mlp_rank=MLP_RANK)
+    model, processor = onnx_export._load_for_export(folder)  # as export_onnx loads it: factors, no merged layout
+    features = processor.feature_extractor(clips[0].audio, sampling_rate=16000, return_tensors="pt").input_features
+    encoder = model.get_encoder()
+    slot = encoder.layers[1].fc1
+    channel_rms = []
+
+    def record(module, args):
+        channel_rms.append((args[0] @ module.weight1).pow(2).mean((0, 1)).sqrt())
+
+    hook = slot.register_forward_pre_hook(record)
+    with torch.inference_mode():
+        before = encoder(features).last_hidden_state
+        assert onnx_export.balance_low_rank_factors(model, features) == 4 * 6
+        after = encoder(features).last_hidden_state
+    hook.remove()
+    spread_before = (channel_rms[0].max() / channel_rms[0].min()).item()
+    spread_after = (channel_rms[-1].max() / channel_rms[-1].min()).item()
+    assert spread_before > 10 and spread_after < 1.01
+    assert torch.allclose(after, before, atol=1e-3 * before.abs().max().item())
 
 
 def test_the_q8_encoder_is_judged_by_its_rms_error_and_float_files_by_their_largest_element():
