@@ -13,7 +13,8 @@ import pytest
 from conftest import speech_set
 
 # What a transformers or torch warning says, whichever logger, prefix or wording it comes with.
-WARNING_WORDS = re.compile(r"warn|deprecat|is not set|seem to have been set|\[transformers\]", re.IGNORECASE)
+WARNING_WORDS = re.compile(r"warn|deprecat|is not set|seem to have been set|\[transformers\]|\[W:onnxruntime",
+                           re.IGNORECASE)
 
 
 def run_quietly(*arguments, timeout=600) -> str:
@@ -53,3 +54,9 @@ def test_compress_with_the_sensitivity_probe_prints_no_library_warning(tiny_en_d
                          "--probe-clips", 2, "--batch-size", 2, "--recovery", "none", "--no-smoke-test",
                          "--out", tmp_path / "lite")
     assert "encoder parameters:" in stdout
+
+
+def test_export_onnx_prints_its_checks_and_files_only(tiny_en_dir, tmp_path):
+    pytest.importorskip("onnxruntime", reason="pip install -e .[onnx]")
+    stdout = run_quietly("export-onnx", tiny_en_dir, "--out", tmp_path / "onnx-tiny.en", "--dtype", "q8")
+    assert "check q8 on" in stdout and "decoder_model_merged_quantized.onnx" in stdout
