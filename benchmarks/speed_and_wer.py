@@ -137,6 +137,8 @@ class FasterWhisperRunner(Runner):
                                   num_workers=1)
         self.language = language if self.model.model.is_multilingual else None
         self.sizes = dict(sizes)
+        # As on disk (int8 is converted at load); read now: a model.bin joined from split parts is temporary.
+        self.file_bytes = (Path(folder) / "model.bin").stat().st_size
 
     def encode(self, features: np.ndarray) -> None:
         self.model.encode(np.ascontiguousarray(features, dtype=np.float32))
@@ -168,7 +170,7 @@ class FasterWhisperRunner(Runner):
             "decoding": {"beam_size": 1, "temperature": 0.0, "without_timestamps": True, "vad_filter": False,
                          "condition_on_previous_text": False},
             "faster_whisper": faster_whisper.__version__,
-            "file_bytes": (Path(self.folder) / "model.bin").stat().st_size,  # as on disk; int8 is converted at load
+            "file_bytes": self.file_bytes,
         }
 
 
