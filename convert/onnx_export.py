@@ -170,8 +170,8 @@ def balance_low_rank_factors(model, features: torch.Tensor) -> int:
     Why: z holds principal components of the layer's output, whose scales span orders of magnitude, and int8
     dynamic quantisation gives the second factor's input one scale per tensor, which rounded the small components
     to nothing (the encoder output's relative error 1.0 on a tiny.en preset). Balanced, the second factors quantise
-    like any MatMul (tiny.en `fast` q8 encoder: RMS error 0.038 with them int8, 0.031 with them float; batch-1
-    latency 231 ms against 270 ms float and 267 ms for stock q8). The first factors' int8 scales are per output
+    like any MatMul (tiny.en `fast` q8 encoder: RMS error 0.038 with them int8, 0.031 with them float; greedy WER
+    on librispeech-test-other-60 15.39 % and 15.04 %, fp32 15.21 %). The first factors' int8 scales are per output
     column, so the rescale does not change their rounding."""
     low_rank = getattr(sys.modules.get(type(model).__module__), "LowRankLinear", None)
     if low_rank is None:
