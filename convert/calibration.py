@@ -8,6 +8,13 @@ GELU, `fc2`) a forward hook adds the layer's OUTPUT rows y [out] into three floa
     outer  [out, out]  Σ y yᵀ
 
 Memory is O(Σ out²) whatever the number of clips; the clips stream through in batches and are never kept.
+
+Four of the six sums need not be accumulated row by row: `q_proj`, `k_proj` and `v_proj` read the same input
+(the first layer norm's output) and `fc1` reads a d_model-wide input for a 4·d_model-wide output, so for those
+(when they are plain nn.Linear) the hooks sum the INPUT rows x once per distinct input and the output sums follow
+exactly from the weights (`output_sums`: Σ y = W Σ x + n b, Σ y yᵀ = W (Σ x xᵀ) Wᵀ + (W Σ x) bᵀ + b (W Σ x)ᵀ + n b bᵀ).
+Per encoder position and layer that is 4 float64 products of d_model² instead of 21, which was most of the time
+calibration took beyond the encoder pass itself.
 From the sums, `decomposition.spectrum` gets the mean and the centred covariance. Plain sums merge by adding,
 so shards computed in several processes combine with `merge_stats` (in one process) or `reduce_stats` (in
 place, e.g. with `torch.distributed.all_reduce`).
@@ -203,33 +210,86 @@ def check_identity(stats: Stats, identity: dict) -> None:
 # --------------------------------------------------------------------------------------------------- collecting
 
 
-class _Collector:
-    """Forward hooks that add each linear's output rows to its SlotStats, for the positions in `self.mask`."""
+# Slots whose output sums are derived from the sums of another slot's input rows (see the module docstring): q, k
+# and v from the input they share, fc1 from its own (d_model wide, its output 4·d_model).
+SUMMED_INPUT_OF = {"q_proj": "q_proj", "k_proj": "q_proj", "v_proj": "q_proj", "fc1": "fc1"}
 
-    def __init__(self, slots: Dict[SlotKey, SlotStats]):
-        self.slots = slots
+
+def output_sums(input_sums: SlotStats, linear: torch.nn.Linear) -> SlotStats:
+    """The sums of `linear`'s outputs y = W x + b over the rows whose input sums are given (exact, float64)."""
+    weight = linear.weight.detach().to(device="cpu", dtype=torch.float64)  # [out, in]
+    bias = (linear.bias.detach().to(device="cpu", dtype=torch.float64) if linear.bias is not None
+            else torch.zeros(weight.shape[0], dtype=torch.float64))  # [out]
+    count = input_sums.count
+    mapped = weight @ input_sums.total  # [out]: W Σ x
+    outer = weight @ input_sums.outer @ weight.T  # [out, out]: W (Σ x xᵀ) Wᵀ
+    outer += torch.outer(mapped, bias) + torch.outer(bias, mapped) + count * torch.outer(bias, bias)
+    return SlotStats(count, mapped + count * bias, outer)
+
+
+def _all_finite(tensor: torch.Tensor) -> bool:
+    """No NaN or infinity in `tensor` (either makes the float32 sum non-finite; a full isfinite mask is several
+    times slower, at the size of every linear's output)."""
+    return bool(torch.isfinite(tensor.sum(dtype=torch.float32)))
+
+
+class _Collector:
+    """Forward hooks that add rows to running sums, for the positions in `self.mask`: a slot's own output rows, or
+    for the slots in `inputs_of` ({slot key: key of the slot whose input rows stand for it}) that input's rows,
+    once per distinct input. `slots()` returns every slot's output sums."""
+
+    def __init__(self, encoder, config, keys: List[SlotKey]):
+        self.encoder = encoder
+        self.inputs_of = {
+            key: (key[0], SUMMED_INPUT_OF[key[1]]) for key in keys
+            if key[1] in SUMMED_INPUT_OF and type(encoder_linear(encoder, *key)) is torch.nn.Linear
+        }
+        self.sums = {}  # key -> SlotStats of the rows that hook adds: outputs, or the input of a key in inputs_of
+        for key in keys:
+            source = self.inputs_of.get(key)
+            if source is None:
+                self.sums[key] = SlotStats.zeros(slot_shape(config, key[1])[1])
+            elif source == key:
+                self.sums[key] = SlotStats.zeros(slot_shape(config, key[1])[0])
         self.mask: Optional[torch.Tensor] = None  # [batch, positions] bool, or None for every position
 
+    def rows(self, tensor: torch.Tensor, key: SlotKey, where: str) -> torch.Tensor:
+        """The kept rows of `tensor` [batch, positions, width], refused if any is NaN or infinite."""
+        rows = tensor[self.mask] if self.mask is not None else tensor.reshape(-1, tensor.shape[-1])
+        if not _all_finite(rows):
+            layer_index, slot = key
+            raise CalibrationError(
+                f"non-finite activations (NaN or inf) at the {where} of encoder layer {layer_index} {slot}; "
+                "the model or its dtype cannot run this audio (try --dtype float32)"
+            )
+        return rows.detach()
+
     def hook(self, key: SlotKey) -> Callable:
-        def accumulate(module, inputs, output):  # output: [batch, positions, out]
-            rows = output[self.mask] if self.mask is not None else output.reshape(-1, output.shape[-1])
-            if not torch.isfinite(rows).all():
-                layer_index, slot = key
-                raise CalibrationError(
-                    f"non-finite activations (NaN or inf) at the output of encoder layer {layer_index} {slot}; "
-                    "the model or its dtype cannot run this audio (try --dtype float32)"
-                )
-            self.slots[key].add(rows.detach())
+        source = self.inputs_of.get(key)
+
+        def accumulate(module, inputs, output):  # inputs[0]: [batch, positions, in]; output: [batch, positions, out]
+            if source is None:
+                self.sums[key].add(self.rows(output, key, "output"))
+                return
+            if source == key:
+                self.sums[key].add(self.rows(inputs[0], key, "input"))
+            if not _all_finite(output):  # a dtype overflow shows at the output
+                self.rows(output, key, "output")
 
         return accumulate
 
+    def slots(self) -> Dict[SlotKey, SlotStats]:
+        """Every slot's output sums, in slot order."""
+        return {
+            key: output_sums(self.sums[self.inputs_of[key]], encoder_linear(self.encoder, *key))
+            if key in self.inputs_of else self.sums[key]
+            for key in sorted(set(self.sums) | set(self.inputs_of), key=_slot_order)
+        }
+
 
 @contextmanager
-def _hooks(encoder, collector: _Collector):
-    handles = [
-        encoder_linear(encoder, layer_index, slot).register_forward_hook(collector.hook((layer_index, slot)))
-        for layer_index, slot in collector.slots
-    ]
+def _hooks(encoder, collector: _Collector, keys: List[SlotKey]):
+    handles = [encoder_linear(encoder, *key).register_forward_hook(collector.hook(key)) for key in keys]
     try:
         yield
     finally:
@@ -293,11 +353,11 @@ def collect_stats(
     encoder = encoder_of(model)
     parameter = next(encoder.parameters())
     positions = config.max_source_positions
-    slots = {key: SlotStats.zeros(slot_shape(config, key[1])[1]) for key in slot_keys(config)}
-    collector = _Collector(slots)
+    keys = slot_keys(config)
+    collector = _Collector(encoder, config, keys)
     seen, seconds, real = 0, 0.0, 0
     bar = tqdm(total=total, unit="clip", desc="calibration", disable=not progress)
-    with torch.no_grad(), _hooks(encoder, collector):
+    with torch.no_grad(), _hooks(encoder, collector, keys):
         for batch in batches(utterances, batch_size):
             for utterance in batch:
                 check_clip(utterance)
@@ -326,7 +386,7 @@ def collect_stats(
         frames=frames,
         utterances=seen,
         calibration=calibration,
-        slots=slots,
+        slots=collector.slots(),
         seconds=seconds,
         real_positions=real,
     )

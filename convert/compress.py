@@ -70,7 +70,7 @@ from .measures import encoder_parameters
 from .recovery import recover as recover_encoder
 from .recovery import recovery_recipe, resolve_recovery
 from .ranks import DEFAULT_POLICY, Thresholds, check_request, model_family, plan_ranks
-from .fisher import fisher_sensitivity
+from .fisher import autocast_dtype_for, fisher_sensitivity
 from .sensitivity import DEFAULT_LEVEL, DEFAULT_PROBE_CLIPS, measure_sensitivity, probe_description, probe_set
 from .stages import StageCosts
 
@@ -120,9 +120,12 @@ def sensitivity_method_of(stats) -> Optional[str]:
 def measure(model, probes, by_slot, method: str, level: float, progress: bool, processes, seed: int = 0):
     """(sensitivity, cost curves or {}, description extras) by `method` (SENSITIVITY_METHODS)."""
     if method == "fisher":
+        parameter = next(model.parameters())
+        autocast_dtype = autocast_dtype_for(parameter.device, parameter.dtype)
         sensitivity, curves = fisher_sensitivity(model, probes, by_slot, level=level, seed=seed, progress=progress,
-                                                 processes=processes)
-        return sensitivity, curves, {"method": "fisher", "samples": 1}
+                                                 processes=processes, autocast_dtype=autocast_dtype)
+        return sensitivity, curves, {"method": "fisher", "samples": 1,
+                                     "dtype": str(autocast_dtype or parameter.dtype).removeprefix("torch.")}
     return measure_sensitivity(model, probes, by_slot, level=level, progress=progress, processes=processes), {}, \
         {"method": "probe"}
 

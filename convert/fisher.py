@@ -31,7 +31,11 @@ for r = 1..k (k: the eigenvectors kept, up to the largest rank that saves parame
 near-zero gradient, so the empirical Fisher would under-weight exactly the positions where the stock model is
 sure and a cut can hurt. Each sample is one backward pass; `samples` > 1 averages several on the same forward.
 
-Parameters get no gradients (only the inputs do), so the backward costs about one forward. Activations the
+Parameters get no gradients (only the inputs do), so the backward costs about one forward. On a float32 model the
+forward and backward run under bfloat16 autocast where the device computes bfloat16 natively (`autocast_dtype_for`:
+CUDA, or a CPU with AVX-512 BF16 or AMX): about half the time on this project's CPU, and on real base the
+sensitivities' rank correlation with float32's is 0.999 (24 clips). The per-rank sums (`_SlotState.add_gradient`)
+stay float32: ⟨G, δ_r⟩ is a difference of two nearly equal sums at high ranks. Activations the
 autograd graph keeps are referenced, not copied; B is cached per slot across samples when there are several.
 Clips run in batches small enough for the activations autograd keeps (`batch_size_for`: 4 clips for tiny to
 small, 1 for large-v3).
@@ -65,6 +69,20 @@ def batch_size_for(config, dtype: torch.dtype = torch.float32, budget: float = A
     return int(max(1, min(MAX_BATCH, budget // per_clip)))
 
 
+def autocast_dtype_for(device, dtype: torch.dtype) -> Optional[torch.dtype]:
+    """bfloat16 for a float32 model on a device with native bfloat16 matrix products, else None (the estimate runs
+    in the model's dtype: a float16 or bfloat16 model already computes in reduced precision)."""
+    device = torch.device(device)
+    if dtype != torch.float32:
+        return None
+    if device.type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else None
+    if device.type == "cpu":
+        native = [getattr(torch.cpu, name, lambda: False) for name in ("_is_avx512_bf16_supported", "_is_amx_tile_supported")]
+        return torch.bfloat16 if any(check() for check in native) else None
+    return None
+
+
 def fisher_probe_vectors(logits: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     """u ~ N(0, diag(p) − p pᵀ) per row of `logits` [n, vocab] (p = softmax), float32, detached."""
     probabilities = torch.softmax(logits.detach().float(), dim=-1)  # [n, vocab]
@@ -78,6 +96,7 @@ class _SlotState:
     """What one slot needs across the backward passes of one batch."""
 
     def __init__(self, spectrum: Spectrum, device, keep_projection: bool):
+        self.device_type = torch.device(device).type
         self.mean = spectrum.mean.to(device=device, dtype=torch.float32)  # [d]
         self.basis = spectrum.eigenvectors.to(device=device, dtype=torch.float32)  # [d, k]
         self.output: Optional[torch.Tensor] = None  # Y [b, positions, d], referenced (autograd keeps it anyway)
@@ -86,8 +105,11 @@ class _SlotState:
         self.squares = torch.zeros(spectrum.eigenvectors.shape[1], dtype=torch.float64)  # Σ ⟨G, δ_r⟩², r = 1..k
 
     def add_gradient(self, gradient: torch.Tensor) -> None:
-        """Accumulate ⟨G, δ_r⟩² for every rank r from G = ∂(Σ u·z)/∂Y [b, positions, d]."""
-        gradient = gradient.float()
+        """Accumulate ⟨G, δ_r⟩² for every rank r from G = ∂(Σ u·z)/∂Y [b, positions, d], in float32."""
+        with torch.autocast(self.device_type, enabled=False):
+            self._add_gradient(gradient.float())
+
+    def _add_gradient(self, gradient: torch.Tensor) -> None:
         centred = self.output.detach().float() - self.mean  # [b, positions, d]
         projection = self.centred_projection if self.centred_projection is not None else centred @ self.basis
         if self.keep_projection:
@@ -124,11 +146,13 @@ def estimate_fisher(
     seed: int = 0,
     progress: bool = False,
     processes=None,
+    autocast_dtype: Optional[torch.dtype] = None,
 ) -> Tuple[Dict[SlotKey, torch.Tensor], int]:
     """(Σ over clips and samples of ⟨G, δ_r⟩² per slot [k] float64, transcript tokens), summed over processes.
 
     `probes` needs decoder ids and mask only (no reference log-probs). `batch_size`: clips per pass (default:
-    `batch_size_for` the model). See the module docstring."""
+    `batch_size_for` the model). `autocast_dtype`: run the forward and backward under autocast to it (e.g.
+    `autocast_dtype_for` the model's device and dtype); None: in the model's dtype. See the module docstring."""
     from tqdm.auto import tqdm
 
     if samples < 1:
@@ -157,7 +181,8 @@ def estimate_fisher(
                 features = probes.features[start:stop].to(device=device, dtype=dtype).requires_grad_(True)
                 ids = probes.decoder_ids[start:stop, :-1].to(device)
                 mask = probes.mask[start:stop].to(device)
-                logits = model(input_features=features, decoder_input_ids=ids).logits[mask]  # [tokens, vocab]
+                with torch.autocast(device.type, dtype=autocast_dtype or dtype, enabled=autocast_dtype is not None):
+                    logits = model(input_features=features, decoder_input_ids=ids).logits[mask]  # [tokens, vocab]
                 for sample in range(samples):
                     directions = fisher_probe_vectors(logits, generator)
                     (logits.float() * directions).sum().backward(retain_graph=sample + 1 < samples)
@@ -192,11 +217,13 @@ def fisher_sensitivity(
     seed: int = 0,
     progress: bool = False,
     processes=None,
+    autocast_dtype: Optional[torch.dtype] = None,
 ) -> Tuple[Dict[SlotKey, float], Dict[SlotKey, torch.Tensor]]:
     """(sensitivity[slot], curves[slot]): the estimated KL per transcript token at every rank 1..k of each slot
     (`curves`, float64), and that estimate at the probe's rank divided by the variance discarded there
     (`sensitivity`, the scalar `sensitivity.measure_sensitivity` gives; 0 for slots no rank can shrink)."""
-    squares, tokens = estimate_fisher(model, probes, spectra_by_slot, samples, batch_size, seed, progress, processes)
+    squares, tokens = estimate_fisher(model, probes, spectra_by_slot, samples, batch_size, seed, progress, processes,
+                                      autocast_dtype)
     config = model.config
     sensitivity, curves = {}, {}
     for key, spectrum_ in spectra_by_slot.items():
