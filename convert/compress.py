@@ -321,9 +321,13 @@ def prepare_stats(
         # transcribed in its own language (given by its source, else detected).
         probe_audio = clips.kept[:own_probe_clips] or first_clips(calibration, probe_clips, balance, stages)[index::count]
         with stages.stage("sensitivity"):
+            parameter = next(model.parameters())
+            fisher = sensitivity_method == "fisher"
             probes = processes.run(lambda: probe_set(model, feature_extractor, probe_audio, batch_size=batch_size,
-                                                     reference=sensitivity_method == "probe",
-                                                     encoder_states=probe_states.of(len(probe_audio))),
+                                                     reference=not fisher,
+                                                     encoder_states=probe_states.of(len(probe_audio)),
+                                                     autocast_dtype=autocast_dtype_for(parameter.device, parameter.dtype)
+                                                     if fisher else None),
                                    "sensitivity probe")
             stats.sensitivity, stats.sensitivity_curves, extras = measure(
                 model, probes, by_slot, sensitivity_method, probe_level, progress, processes)

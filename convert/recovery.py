@@ -74,6 +74,10 @@ class RecoverySettings:
     layer_loss_weight: float = 0.0  # weight of every layer's output error next to the final hidden states'
     eval_every: int = 25
     seed: int = 0
+    # dtype the training steps' forward and backward run in under autocast ("bfloat16"; None: float32). The
+    # factors, the optimiser and the held-out checks stay float32. compress asks for bfloat16 where the device
+    # computes it natively (fisher.autocast_dtype_for).
+    autocast_dtype: Optional[str] = None
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -385,6 +389,8 @@ def distill(
         parameter.requires_grad_(True)
 
     started = time.perf_counter()
+    device_type = next(lite_encoder.parameters()).device.type
+    autocast_dtype = getattr(torch, settings.autocast_dtype) if settings.autocast_dtype else None
     generator = torch.Generator().manual_seed(settings.seed + (processes.index if processes is not None else 0))
     train_targets = StockTargets(stock, train_features, layer_outputs=settings.layer_loss_weight > 0)
     holdout_targets = holdout_targets or StockTargets(stock, holdout_features)
@@ -418,11 +424,12 @@ def distill(
                 cursor += 1
             batch = train_features[indices].to(next(lite_encoder.parameters()).device, dtype)
             target, target_layers = train_targets(indices)
-            output = student(batch)
+            with torch.autocast(device_type, dtype=autocast_dtype or dtype, enabled=autocast_dtype is not None):
+                output = student(batch)
             prediction, prediction_layers = output if isinstance(output, tuple) else (output, [])
-            loss = _relative_error(prediction, target)
+            loss = _relative_error(prediction.float(), target)
             if settings.layer_loss_weight > 0:
-                layer_loss = sum(_relative_error(p, t) for p, t in zip(prediction_layers, target_layers))
+                layer_loss = sum(_relative_error(p.float(), t) for p, t in zip(prediction_layers, target_layers))
                 loss = loss + settings.layer_loss_weight * layer_loss / len(target_layers)
             optimizer.zero_grad(set_to_none=True)
             if multi:

@@ -118,11 +118,14 @@ def _log_probs(model, probes_features, decoder_ids, mask, batch_size: int,
 
 
 def probe_set(model, feature_extractor, clips: Iterable, batch_size: int = 8, reference: bool = True,
-              encoder_states: Optional[torch.Tensor] = None) -> ProbeSet:
+              encoder_states: Optional[torch.Tensor] = None,
+              autocast_dtype: Optional[torch.dtype] = None) -> ProbeSet:
     """Transcribe `clips` (audio.Utterance) greedily with the stock `model` and keep its predictions (with
     `reference`, also its teacher-forced log-probs, which `probe_loss` compares against; the Fisher estimate
     does not need them). `encoder_states` [clips, positions, d]: the stock encoder's outputs on these clips, where
-    calibration has already computed them; the encoder then does not run again."""
+    calibration has already computed them; the encoder then does not run again. `autocast_dtype`: transcribe under
+    autocast to it (the Fisher estimate's transcripts, which only say where to look; the reference log-probs are
+    always in the model's dtype)."""
     clips = list(clips)
     audios = [clip.audio for clip in clips]
     if not audios:
@@ -142,8 +145,10 @@ def probe_set(model, feature_extractor, clips: Iterable, batch_size: int = 8, re
             mask = inputs.attention_mask[rows].to(parameter.device)
             # The full sequences: decoder prompt, transcript, eos (plain generate drops the prompt and eos).
             kwargs = _generate_kwargs(model, [language for language in languages[rows] if language])
-            output = model.generate(**_encoder_inputs(model, features, encoder_states, rows), attention_mask=mask,
-                                    return_dict_in_generate=True, **kwargs)
+            with torch.autocast(parameter.device.type, dtype=autocast_dtype or parameter.dtype,
+                                enabled=autocast_dtype is not None):
+                output = model.generate(**_encoder_inputs(model, features, encoder_states, rows), attention_mask=mask,
+                                        return_dict_in_generate=True, **kwargs)
             transcripts.append(output["sequences"].cpu())
     width = max(ids.shape[1] for ids in transcripts)
     eos = model.generation_config.eos_token_id

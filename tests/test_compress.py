@@ -257,10 +257,13 @@ def test_the_sensitivity_stage_reuses_the_encoder_outputs_of_the_calibration_pas
     fisher_passes = 1 if method == "fisher" else 0  # its one forward (and backward) of the 4 probe clips
     assert len(calls) == 2 + fisher_passes  # the two calibration batches; no encoder pass to transcribe the probe clips
     clips = list(iter_calibration(str(calibration), limit=4))  # batched as calibration batched them: same rounding
-    probes = probe_set(model, feature_extractor, clips, batch_size=2, reference=method == "probe")
+    # in the precision compress chooses for the Fisher estimate on this machine (bfloat16 autocast where the CPU
+    # computes it natively)
+    reduced = autocast_dtype_for("cpu", torch.float32) if method == "fisher" else None
+    probes = probe_set(model, feature_extractor, clips, batch_size=2, reference=method == "probe",
+                       autocast_dtype=reduced)
     if method == "probe":
         expected = measure_sensitivity(model, probes, by_slot)
     else:
-        # in the precision compress chooses for this machine (bfloat16 autocast where the CPU computes it natively)
-        expected, _ = fisher_sensitivity(model, probes, by_slot, autocast_dtype=autocast_dtype_for("cpu", torch.float32))
+        expected, _ = fisher_sensitivity(model, probes, by_slot, autocast_dtype=reduced)
     assert stats.sensitivity == pytest.approx(expected, rel=1e-4, abs=1e-12)
