@@ -108,7 +108,7 @@ def random_shape_row(name: str, args, device) -> dict:
     from lite_whisper_convert.calibration import collect_stats
     from lite_whisper_convert.compress import default_probe_clips
     from lite_whisper_convert.decomposition import attach_explained_variance, decompose, spectra
-    from lite_whisper_convert.fisher import fisher_sensitivity
+    from lite_whisper_convert.fisher import autocast_dtype_for, fisher_sensitivity
     from lite_whisper_convert.ranks import plan_ranks
     from lite_whisper_convert.sensitivity import ProbeSet
     from lite_whisper_convert.stages import StageCosts
@@ -143,8 +143,9 @@ def random_shape_row(name: str, args, device) -> dict:
     mask = torch.ones(measured, PROBE_TOKENS + 3, dtype=torch.bool)
     mask[:, :3] = False  # the decoder prompt is forced, not predicted
     probes = ProbeSet(features, ids, mask, None, batch_size=1)
-    with stages.stage("sensitivity"):
-        stats.sensitivity, stats.sensitivity_curves = fisher_sensitivity(model, probes, by_slot)
+    with stages.stage("sensitivity"):  # in the precision compress chooses on this device
+        stats.sensitivity, stats.sensitivity_curves = fisher_sensitivity(
+            model, probes, by_slot, autocast_dtype=autocast_dtype_for(device, dtype))
     probe_clips = args.probe_clips or default_probe_clips("fisher", args.clips)  # random shapes: Fisher only
     scale["sensitivity"] = probe_clips / measured
     with stages.stage("rank choice"):

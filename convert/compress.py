@@ -449,7 +449,9 @@ def compress(
         lite = decompose(base, by_slot, low_rank_config, progress=progress)
     del by_slot
     family = model_family(base.config) if preset is not None else None
-    recovery_settings = resolve_recovery(preset, recovery, recover_steps, family=family, seed=seed)
+    reduced = autocast_dtype_for(next(lite.parameters()).device, next(lite.parameters()).dtype)
+    recovery_settings = resolve_recovery(preset, recovery, recover_steps, family=family, seed=seed,
+                                         autocast_dtype=str(reduced).removeprefix("torch.") if reduced else None)
     recovery_report = None
     if recovery_settings is not None:
         # Every process passes the same clips; recovery takes its own shard of them.

@@ -152,19 +152,39 @@ def _chunks(tensor: torch.Tensor, size: int):
 # --------------------------------------------------------------------------------------------- least squares
 
 
+class _LayerStop(Exception):
+    """Raised by a _Capture once it holds every value it waits for: the rest of the layer need not run."""
+
+
 class _Capture:
-    """Forward hooks recording the input (lite) or output (stock) of some linears for one chunk."""
+    """Forward hooks recording the input (lite) or output (stock) of some linears for one chunk; the layer run
+    stops (_LayerStop) as soon as all are recorded: the q/k/v stage needs only the layer's first linears, the
+    out_proj stage the attention, and so on."""
 
     def __init__(self, modules: Dict[str, nn.Module], what: str):
         self.values: Dict[str, torch.Tensor] = {}
         self.handles = []
         for slot, module in modules.items():
             if what == "input":
-                hook = lambda module, args, slot=slot: self.values.__setitem__(slot, args[0].detach())
+                hook = lambda module, args, slot=slot: self._keep(slot, args[0])
                 self.handles.append(module.register_forward_pre_hook(hook))
             else:
-                hook = lambda module, args, output, slot=slot: self.values.__setitem__(slot, output.detach())
+                hook = lambda module, args, output, slot=slot: self._keep(slot, output)
                 self.handles.append(module.register_forward_hook(hook))
+        self.wanted = len(modules)
+
+    def _keep(self, slot: str, value: torch.Tensor) -> None:
+        self.values[slot] = value.detach()
+        if len(self.values) == self.wanted:
+            raise _LayerStop
+
+    def run(self, layer, hidden: torch.Tensor) -> Dict[str, torch.Tensor]:
+        """Run `layer` on `hidden` [b, positions, d] until every value is recorded; returns them."""
+        try:
+            run_layer(layer, hidden)
+        except _LayerStop:
+            pass
+        return self.values
 
     def close(self):
         for handle in self.handles:
@@ -218,8 +238,8 @@ def _refit_stage(lite_layer, stock_layer, slots, lite_hidden, stock_hidden, ridg
         inputs = _Capture(lite_modules, "input")
         outputs = _Capture({slot: _slot_module(stock_layer, slot) for slot in slots}, "output")
         try:
-            run_layer(lite_layer, lite_chunk)
-            run_layer(stock_layer, stock_chunk)
+            inputs.run(lite_layer, lite_chunk)
+            outputs.run(stock_layer, stock_chunk)
         finally:
             inputs.close()
             outputs.close()

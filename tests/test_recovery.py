@@ -54,15 +54,20 @@ def test_refit_lowers_the_output_error_on_the_clips_it_fits():
     assert after < 0.7 * before, (before, after)
 
 
-def test_distillation_lowers_the_held_out_error_and_trains_only_factors_biases_and_norms():
+@pytest.mark.parametrize("autocast_dtype", [None, "bfloat16"])
+def test_distillation_lowers_the_held_out_error_and_trains_only_factors_biases_and_norms(autocast_dtype):
+    """Also under bfloat16 autocast (compress's choice where the CPU or GPU computes it natively): the same
+    training, the factors and the model stay float32."""
     stock, lite, extractor, calibration = compressed()
     stock_state = state_of(stock)
     flags = [parameter.requires_grad for parameter in list(lite.parameters()) + list(stock.parameters())]
     untouched = {name: tensor.clone() for name, tensor in lite.state_dict().items()
                  if not any(name.endswith(part) for part in ("weight1", "weight2", "bias"))
                  and "layer_norm" not in name and name.startswith("model.encoder")}
-    settings = RecoverySettings(steps=30, refit=False, holdout=8, batch_size=4, learning_rate=3e-3, eval_every=10)
+    settings = RecoverySettings(steps=30, refit=False, holdout=8, batch_size=4, learning_rate=3e-3, eval_every=10,
+                                autocast_dtype=autocast_dtype)
     report = recover(lite, stock, extractor, calibration, settings, progress=False)
+    assert {parameter.dtype for parameter in lite.parameters()} == {torch.float32}
     # early stopping keeps the best held-out state; the toy clips (noise and tones) barely generalise, so only
     # the training loss must fall clearly
     assert report.holdout_error_after <= report.holdout_error_before
