@@ -166,7 +166,7 @@ def test_presets_and_flags_resolve_to_settings():
         assert resolve_recovery(preset, family="large-v3") is None
     assert resolve_recovery("acc", family="tiny") is None
     tiny_balanced = resolve_recovery("balanced", family="tiny", seed=3)  # measured: distillation wins there
-    assert tiny_balanced.refit and tiny_balanced.steps == 200 and tiny_balanced.seed == 3
+    assert tiny_balanced.refit and tiny_balanced.steps == 100 and tiny_balanced.seed == 3
     assert resolve_recovery("balanced", mode="none", family="tiny") is None
     fast = resolve_recovery("fast", mode="refit")
     assert fast.refit and fast.steps == 0
