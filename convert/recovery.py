@@ -14,12 +14,14 @@ fixes the compressed encoder against the stock one on (unlabelled) calibration a
    where x_c is the input that linear actually receives in the compressed model (with everything before it
    already refitted) and y_s is the stock linear's output on the stock model's own activations. The hidden
    states entering the current layer are cached for both models (memory: 2 · clips · positions · d_model
-   float32, e.g. 64 clips of tiny = 0.3 GB), so each layer is run a few times, not the whole encoder.
+   float32, e.g. 64 clips of tiny = 0.3 GB), so each layer is run a few times, not the whole encoder, and each
+   run stops once the stage's linears have run (`_Capture.run`).
 
 2. **Distillation** (`distill`): AdamW with linear warm-up and cosine decay trains the low-rank factors and
    biases (and optionally the encoder's layer norms) to match the stock encoder's final hidden states
-   (plus, with a weight, every layer's output), in float32 on full 30 s windows: the decoder cross-attends to
-   every encoder position, padding included. The stock encoder's outputs on the training and held-out clips
+   (plus, with a weight, every layer's output), on full 30 s windows (the decoder cross-attends to every encoder
+   position, padding included); float32 parameters and optimiser, the steps' forward and backward under bfloat16
+   autocast where `settings.autocast_dtype` asks for it. The stock encoder's outputs on the training and held-out clips
    are computed once and kept (`StockTargets`: 2.3 MB per clip for tiny, 7.7 MB for large-v3, up to
    TARGET_CACHE_BYTES; beyond that they are computed at each step). A held-out slice of the calibration clips
    is scored every `eval_every` steps and the best state is kept (early stopping). Under `accelerate launch`
