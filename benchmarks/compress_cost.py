@@ -109,7 +109,8 @@ def random_shape_row(name: str, args, device) -> dict:
     from lite_whisper_convert.calibration import collect_stats
     from lite_whisper_convert.compress import default_probe_clips
     from lite_whisper_convert.decomposition import attach_explained_variance, decompose, spectra
-    from lite_whisper_convert.fisher import autocast_dtype_for, fisher_sensitivity
+    from lite_whisper_convert.fisher import fisher_sensitivity
+    from lite_whisper_convert.precision import autocast_dtype_for
     from lite_whisper_convert.ranks import plan_ranks
     from lite_whisper_convert.sensitivity import ProbeSet
     from lite_whisper_convert.stages import StageCosts
@@ -133,7 +134,7 @@ def random_shape_row(name: str, args, device) -> dict:
     with stages.stage("calibration statistics"):
         stats = collect_stats(model, feature_extractor, clips, batch_size=min(8, measured), frames="real",
                               progress=False)
-    full_seconds = stages.as_list()[-1]["seconds"]
+    full_seconds = next(record["seconds"] for record in stages.as_list() if record["stage"] == "calibration statistics")
     per_clip = max(full_seconds - half_seconds, 0.0) / (measured - half) if measured > half else full_seconds / measured
     scale["calibration statistics"] = (full_seconds + per_clip * (args.clips - measured)) / full_seconds
     layers = shape["encoder_layers"]

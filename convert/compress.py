@@ -67,10 +67,11 @@ from .evaluation import is_multilingual
 from .decomposition import attach_explained_variance, decompose, spectra
 from .export import Recipe, SmokeResult, check_output, export
 from .measures import encoder_parameters
+from .precision import autocast_dtype_for
 from .recovery import recover as recover_encoder
 from .recovery import recovery_recipe, resolve_recovery
 from .ranks import DEFAULT_POLICY, Thresholds, check_request, model_family, plan_ranks
-from .fisher import autocast_dtype_for, fisher_sensitivity
+from .fisher import fisher_sensitivity
 from .sensitivity import DEFAULT_LEVEL, DEFAULT_PROBE_CLIPS, measure_sensitivity, probe_description, probe_set
 from .stages import StageCosts
 
@@ -117,15 +118,15 @@ def sensitivity_method_of(stats) -> Optional[str]:
     return stats.sensitivity_probe.get("method", "probe")
 
 
-def measure(model, probes, by_slot, method: str, level: float, progress: bool, processes, seed: int = 0):
-    """(sensitivity, cost curves or {}, description extras) by `method` (SENSITIVITY_METHODS)."""
+def measure(model, probes, by_slot, method: str, level: float, progress: bool, processes, seed: int = 0,
+            autocast_dtype: Optional[torch.dtype] = None):
+    """(sensitivity, cost curves or {}, description extras) by `method` (SENSITIVITY_METHODS); the Fisher estimate
+    runs under autocast to `autocast_dtype` when given."""
     if method == "fisher":
-        parameter = next(model.parameters())
-        autocast_dtype = autocast_dtype_for(parameter.device, parameter.dtype)
         sensitivity, curves = fisher_sensitivity(model, probes, by_slot, level=level, seed=seed, progress=progress,
                                                  processes=processes, autocast_dtype=autocast_dtype)
-        return sensitivity, curves, {"method": "fisher", "samples": 1,
-                                     "dtype": str(autocast_dtype or parameter.dtype).removeprefix("torch.")}
+        dtype = autocast_dtype or next(model.parameters()).dtype
+        return sensitivity, curves, {"method": "fisher", "samples": 1, "dtype": str(dtype).removeprefix("torch.")}
     return measure_sensitivity(model, probes, by_slot, level=level, progress=progress, processes=processes), {}, \
         {"method": "probe"}
 
@@ -321,16 +322,16 @@ def prepare_stats(
         # transcribed in its own language (given by its source, else detected).
         probe_audio = clips.kept[:own_probe_clips] or first_clips(calibration, probe_clips, balance, stages)[index::count]
         with stages.stage("sensitivity"):
-            parameter = next(model.parameters())
             fisher = sensitivity_method == "fisher"
+            # the Fisher estimate and its transcripts in reduced precision where native; the probe never
+            reduced = autocast_dtype_for(device, next(model.parameters()).dtype) if fisher else None
             probes = processes.run(lambda: probe_set(model, feature_extractor, probe_audio, batch_size=batch_size,
                                                      reference=not fisher,
                                                      encoder_states=probe_states.of(len(probe_audio)),
-                                                     autocast_dtype=autocast_dtype_for(parameter.device, parameter.dtype)
-                                                     if fisher else None),
+                                                     autocast_dtype=reduced),
                                    "sensitivity probe")
             stats.sensitivity, stats.sensitivity_curves, extras = measure(
-                model, probes, by_slot, sensitivity_method, probe_level, progress, processes)
+                model, probes, by_slot, sensitivity_method, probe_level, progress, processes, autocast_dtype=reduced)
             stats.sensitivity_probe = {**probe_description(probes, probe_level, mix_name(calibration), processes),
                                        **extras}
         changed = True

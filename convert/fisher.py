@@ -33,14 +33,13 @@ sure and a cut can hurt. Each sample is one backward pass; `samples` > 1 average
 
 Parameters get no gradients (only the inputs do, from the first encoder layer up: the convolutions below need
 none), so the backward costs about one forward. On a float32 model `compress` runs the forward, the backward and
-the projections on V under bfloat16 autocast where the device computes bfloat16 natively (`autocast_dtype_for`:
-CUDA, or a CPU with AVX-512 BF16 or AMX), and transcribes the probe clips so too: on real base (24 clips, this
-project's CPU) 0.55× the float32 time, the 24 sensitivities' rank correlation with float32's 0.993, each within
-25 %. The sums over positions and ranks stay float32/float64: ⟨G, δ_r⟩ is a difference of two nearly equal sums
-at high ranks. Activations the
-autograd graph keeps are referenced, not copied; B is cached per slot across samples when there are several.
-Clips run in batches small enough for the activations autograd keeps (`batch_size_for`: 4 clips for tiny to
-small, 1 for large-v3).
+the projections on V under bfloat16 autocast where the device computes bfloat16 natively
+(`precision.autocast_dtype_for`: CUDA, or a CPU with AVX-512 BF16 or AMX), and transcribes the probe clips so
+too: on real base (24 clips, this project's CPU) 0.55× the float32 time, the 24 sensitivities' rank correlation
+with float32's 0.993, each within 25 %. The sums over positions and ranks stay float32/float64: ⟨G, δ_r⟩ is a
+difference of two nearly equal sums at high ranks. Activations the autograd graph keeps are referenced, not
+copied; B is cached per slot across samples when there are several. Clips run in batches small enough for the
+activations autograd keeps (`batch_size_for`: 4 clips for tiny to small, 1 for large-v3).
 
 Results: `curves[slot]` [k] float64, the estimated KL per token at each rank (what `ranks.ranks_for_budget`
 spends the budget on), and `sensitivity[slot]` = est_KL(probe rank) / discarded variance, the probe's scalar,
@@ -56,6 +55,7 @@ from configuration_lite_whisper import slot_shape
 
 from .calibration import SlotKey, encoder_linear, encoder_of
 from .decomposition import Spectrum
+from .precision import autocast_to
 from .sensitivity import DEFAULT_LEVEL, ProbeSet, probe_rank
 
 DEFAULT_SAMPLES = 1  # Gaussian probe vectors per clip (one backward pass each)
@@ -69,20 +69,6 @@ def batch_size_for(config, dtype: torch.dtype = torch.float32, budget: float = A
     per_clip = (config.encoder_layers * config.max_source_positions
                 * (8 * config.d_model + 2 * config.encoder_ffn_dim) * torch.finfo(dtype).bits // 8)
     return int(max(1, min(MAX_BATCH, budget // per_clip)))
-
-
-def autocast_dtype_for(device, dtype: torch.dtype) -> Optional[torch.dtype]:
-    """bfloat16 for a float32 model on a device with native bfloat16 matrix products, else None (the estimate runs
-    in the model's dtype: a float16 or bfloat16 model already computes in reduced precision)."""
-    device = torch.device(device)
-    if dtype != torch.float32:
-        return None
-    if device.type == "cuda":
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else None
-    if device.type == "cpu":
-        native = [getattr(torch.cpu, name, lambda: False) for name in ("_is_avx512_bf16_supported", "_is_amx_tile_supported")]
-        return torch.bfloat16 if any(check() for check in native) else None
-    return None
 
 
 def fisher_probe_vectors(logits: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
@@ -157,7 +143,7 @@ def estimate_fisher(
 
     `probes` needs decoder ids and mask only (no reference log-probs). `batch_size`: clips per pass (default:
     `batch_size_for` the model). `autocast_dtype`: run the forward and backward under autocast to it (e.g.
-    `autocast_dtype_for` the model's device and dtype); None: in the model's dtype. See the module docstring."""
+    `precision.autocast_dtype_for` the model's device and dtype); None: in the model's dtype. See the module docstring."""
     from tqdm.auto import tqdm
 
     if samples < 1:
@@ -191,7 +177,7 @@ def estimate_fisher(
                 features = probes.features[start:stop].to(device=device, dtype=dtype)
                 ids = probes.decoder_ids[start:stop, :-1].to(device)
                 mask = probes.mask[start:stop].to(device)
-                with torch.autocast(device.type, dtype=autocast_dtype or dtype, enabled=autocast_dtype is not None):
+                with autocast_to(device, autocast_dtype):
                     logits = model(input_features=features, decoder_input_ids=ids).logits[mask]  # [tokens, vocab]
                 for sample in range(samples):
                     directions = fisher_probe_vectors(logits, generator)

@@ -47,6 +47,7 @@ from configuration_lite_whisper import ATTENTION_SLOTS
 from modeling_lite_whisper import LowRankLinear, set_inference_layout
 
 from .calibration import encoder_of, encoder_stem, run_layer
+from .precision import autocast_to
 
 # Distillation keeps the stock encoder's outputs on its clips up to this size (StockTargets).
 TARGET_CACHE_BYTES = 2e9
@@ -78,7 +79,7 @@ class RecoverySettings:
     seed: int = 0
     # dtype the training steps' forward and backward run in under autocast ("bfloat16"; None: float32). The
     # factors, the optimiser and the held-out checks stay float32. compress asks for bfloat16 where the device
-    # computes it natively (fisher.autocast_dtype_for).
+    # computes it natively (precision.autocast_dtype_for).
     autocast_dtype: Optional[str] = None
 
     def as_dict(self) -> dict:
@@ -411,7 +412,6 @@ def distill(
         parameter.requires_grad_(True)
 
     started = time.perf_counter()
-    device_type = next(lite_encoder.parameters()).device.type
     autocast_dtype = getattr(torch, settings.autocast_dtype) if settings.autocast_dtype else None
     generator = torch.Generator().manual_seed(settings.seed + (processes.index if processes is not None else 0))
     train_targets = StockTargets(stock, train_features, layer_outputs=settings.layer_loss_weight > 0)
@@ -446,7 +446,7 @@ def distill(
                 cursor += 1
             batch = train_features[indices].to(next(lite_encoder.parameters()).device, dtype)
             target, target_layers = train_targets(indices)
-            with torch.autocast(device_type, dtype=autocast_dtype or dtype, enabled=autocast_dtype is not None):
+            with autocast_to(batch.device, autocast_dtype):
                 output = student(batch)
             prediction, prediction_layers = output if isinstance(output, tuple) else (output, [])
             loss = _relative_error(prediction.float(), target)

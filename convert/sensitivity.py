@@ -35,6 +35,7 @@ from configuration_lite_whisper import ATTENTION_SLOTS, slot_shape
 
 from .calibration import SlotKey, encoder_linear, encoder_of, encoder_stem, run_layer
 from .decomposition import Spectrum, low_rank_linear, useful_rank_limit
+from .precision import autocast_to
 from .ranks import RANK_MULTIPLE
 
 DEFAULT_PROBE_CLIPS = 32
@@ -145,8 +146,7 @@ def probe_set(model, feature_extractor, clips: Iterable, batch_size: int = 8, re
             mask = inputs.attention_mask[rows].to(parameter.device)
             # The full sequences: decoder prompt, transcript, eos (plain generate drops the prompt and eos).
             kwargs = _generate_kwargs(model, [language for language in languages[rows] if language])
-            with torch.autocast(parameter.device.type, dtype=autocast_dtype or parameter.dtype,
-                                enabled=autocast_dtype is not None):
+            with autocast_to(parameter.device, autocast_dtype):
                 output = model.generate(**_encoder_inputs(model, features, encoder_states, rows), attention_mask=mask,
                                         return_dict_in_generate=True, **kwargs)
             transcripts.append(output["sequences"].cpu())

@@ -242,7 +242,8 @@ def test_the_sensitivity_stage_reuses_the_encoder_outputs_of_the_calibration_pas
     """The probe clips are the first calibration clips: their transcripts (and the probe's reference log-probs) come
     from the encoder outputs calibration computed, and the sensitivities are those of a probe that reruns it."""
     from lite_whisper_convert.audio import iter_calibration
-    from lite_whisper_convert.fisher import autocast_dtype_for, fisher_sensitivity
+    from lite_whisper_convert.fisher import fisher_sensitivity
+    from lite_whisper_convert.precision import autocast_dtype_for
     from lite_whisper_convert.sensitivity import measure_sensitivity, probe_set
 
     model, feature_extractor = compress_module.load_base(str(base))
