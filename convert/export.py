@@ -51,7 +51,7 @@ PROCESSOR_FILES = (
 # The feature extractor's settings live in preprocessor_config.json, or inside processor_config.json (transformers 5).
 FEATURE_EXTRACTOR_FILES = ("preprocessor_config.json", "processor_config.json")
 TOKENIZER_FILES = ("tokenizer.json", "vocab.json")
-SMOKE_TEST_MAX_NEW_TOKENS = 96
+SMOKE_TEST_MAX_LENGTH = 96
 SMOKE_TEST_TIMEOUT_S = 1800
 
 
@@ -253,7 +253,7 @@ _SMOKE_SCRIPT = """
 import json, sys
 import numpy as np, torch
 from transformers import AutoModelForSpeechSeq2Seq, AutoProcessor
-folder, base, clips, max_new_tokens = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
+folder, base, clips, max_length = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
 audios = list(np.load(clips).values())
 texts = {}
 for key, path, remote in (("lite", folder, True), ("stock", base, False)):
@@ -262,15 +262,14 @@ for key, path, remote in (("lite", folder, True), ("stock", base, False)):
         assert type(model).__name__ == "LiteWhisperForConditionalGeneration", type(model).__name__
         assert type(model).__module__.startswith("transformers_modules"), type(model).__module__
     processor = AutoProcessor.from_pretrained(path, trust_remote_code=remote)
-    kwargs = dict(max_new_tokens=min(max_new_tokens, model.config.max_target_positions // 2), num_beams=1, do_sample=False)
+    # max_length, not max_new_tokens: every Whisper generation config carries a max_length, and both warn
+    kwargs = dict(max_length=min(max_length, model.config.max_target_positions // 2), num_beams=1, do_sample=False)
     if getattr(model.generation_config, "is_multilingual", False):
         kwargs["task"] = "transcribe"
-    texts[key] = []
-    for audio in audios:
-        features = processor(audio, sampling_rate=16000, return_tensors="pt").input_features
-        with torch.inference_mode():
-            ids = model.generate(features, **kwargs)
-        texts[key].append(processor.batch_decode(ids, skip_special_tokens=True)[0].strip())
+    inputs = processor(audios, sampling_rate=16000, return_tensors="pt", return_attention_mask=True)
+    with torch.inference_mode():  # all clips in one batch: each is one 30 s window
+        ids = model.generate(inputs.input_features, attention_mask=inputs.attention_mask, **kwargs)
+    texts[key] = [text.strip() for text in processor.batch_decode(ids, skip_special_tokens=True)]
     del model
 print("SMOKE " + json.dumps(texts))
 """
@@ -332,7 +331,7 @@ def smoke_test(folder, base_model: str, audio, clip_name="clip", timeout: float 
         clips = Path(scratch) / "clips.npz"
         np.savez(clips, *[np.asarray(one, dtype=np.float32) for one in audios])
         env = {key: value for key, value in os.environ.items() if key != "PYTHONPATH"}
-        command = [sys.executable, "-I", "-c", _SMOKE_SCRIPT, str(folder), base, str(clips), str(SMOKE_TEST_MAX_NEW_TOKENS)]
+        command = [sys.executable, "-I", "-c", _SMOKE_SCRIPT, str(folder), base, str(clips), str(SMOKE_TEST_MAX_LENGTH)]
         # No stdin: under a launcher stdin may be a terminal, and a prompt must never wait for an answer. `run`
         # kills the child on any exception here, the KeyboardInterrupt a signal raises included.
         try:
