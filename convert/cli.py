@@ -348,11 +348,11 @@ def _add_compress(subparsers) -> None:
                         "policy, which measured best for each)")
     parser.add_argument("--probe-clips", type=int, default=None,
                         help="calibration clips whose transcripts measure the sensitivities (sensitivity policy; "
-                        "default: the first 100 for fisher, or all when fewer; 32 for probe)")
+                        "default: the first 64 for fisher, or all when fewer; 32 for probe)")
     parser.add_argument("--sensitivity", choices=("fisher", "probe"), default=None,
                         help="sensitivity policy: how each linear's cost per rank is measured: 'fisher' (one forward "
                         "and backward pass of the probe clips for all linears) or 'probe' (one pass per linear; "
-                        "default: fisher for multilingual models, probe for English-only ones)")
+                        "default: fisher for multilingual models and presets that distil, probe for the other English-only ones)")
     parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda when available)")
     parser.add_argument("--dtype", choices=("float32", "float16", "bfloat16"), default=None,
                         help="calibration compute dtype (default float32 on CPU, float16 on GPU); saved weights are fp16")

@@ -69,7 +69,7 @@ from .export import Recipe, SmokeResult, check_output, export
 from .measures import encoder_parameters
 from .precision import autocast_dtype_for
 from .recovery import recover as recover_encoder
-from .recovery import recovery_recipe, resolve_recovery
+from .recovery import TARGET_CACHE_BYTES, recovery_recipe, resolve_recovery, stock_output_bytes
 from .ranks import DEFAULT_POLICY, Thresholds, check_request, model_family, plan_ranks
 from .fisher import fisher_sensitivity
 from .sensitivity import DEFAULT_LEVEL, DEFAULT_PROBE_CLIPS, measure_sensitivity, probe_description, probe_set
@@ -89,16 +89,20 @@ SMOKE_CLIPS = 3  # held-out clips the smoke test transcribes with both models
 SENSITIVITY_METHODS = ("fisher", "probe")
 # Probe clips when --probe-clips is not given. The per-linear probe pays one pass per linear for every clip, so it
 # keeps to 32; the Fisher estimate pays one forward and backward pass per clip for all linears, so it reads the
-# first calibration clips, up to 100.
-DEFAULT_FISHER_CLIPS = 100
+# first calibration clips, up to 64: on base, 100 clips cost 4.7 stock encoder passes for the whole fast conversion
+# and 64 clips 3.6, with every preset's WER within paired-bootstrap noise of the 100-clip models in English
+# (benchmarks/README.md, "What a conversion costs"); 32 clips were visibly noisier.
+DEFAULT_FISHER_CLIPS = 64
 
 
-def default_sensitivity_method(model) -> str:
-    """Fisher for multilingual models, the per-linear probe for English-only ones, as measured (benchmarks/README.md):
-    on base, Fisher on 100 clips keeps every preset within noise of the probe in English, German and Spanish, with
-    English fast at +0.80 against +1.16, in a third of the time (and large-v3 and turbo would need 192 probe passes);
-    on tiny.en the probe's presets lose less (fast +0.18 against +1.15)."""
-    return "fisher" if is_multilingual(model) else "probe"
+def default_sensitivity_method(model, distils: bool = False) -> str:
+    """Fisher for multilingual models and for conversions that distil (`distils`), the per-linear probe for the
+    other English-only ones, as measured (benchmarks/README.md): on base, Fisher (on 100 clips then) keeps every
+    preset within noise of the probe in English, German and Spanish, with English fast at +0.80 against +1.16, in
+    a third of the time (and large-v3 and turbo would need 192 probe passes); on tiny.en the probe's presets lose
+    less where nothing repairs the ranks afterwards (fast +0.18 against +1.15), while after distillation both give
+    the same WER (balanced 15.66 %) and the probe would be a third of the conversion's time."""
+    return "fisher" if is_multilingual(model) or distils else "probe"
 
 
 def default_probe_clips(sensitivity_method: str, num_samples: int) -> int:
@@ -180,7 +184,8 @@ class _FirstClips:
 
 class _EncoderStates:
     """The stock encoder's outputs on the first `wanted` calibration clips, kept during the calibration pass so that
-    the sensitivity probe transcribes them without running the encoder again (base: 3 MB per clip in float32)."""
+    the sensitivity probe transcribes them and recovery distils towards them without running the encoder again
+    (tiny: 2.3 MB per clip in float32, base 3 MB, large-v3 7.7 MB)."""
 
     def __init__(self, wanted: int):
         self.wanted = wanted
@@ -198,6 +203,15 @@ class _EncoderStates:
     def of(self, clips: int) -> Optional[torch.Tensor]:
         """[clips, positions, d] when the first `clips` were kept, else None (the probe runs the encoder)."""
         return torch.cat(self.batches)[:clips] if self.batches and self.count >= clips else None
+
+
+@dataclass
+class KeptClips:
+    """The first calibration clips of this process, kept by `prepare_stats`, and the stock encoder's outputs on them
+    [clips, positions, d] when the calibration pass computed them (None when the sums came from a stats file)."""
+
+    utterances: list
+    encoder_states: Optional[torch.Tensor] = None
 
 
 def default_calibration(model) -> tuple:
@@ -249,8 +263,9 @@ def prepare_stats(
     sensitivity_method: str = "fisher",
     stages: Optional[StageCosts] = None,
     balance: str = DEFAULT_BALANCE,
+    keep: int = 0,
 ):
-    """(Stats with explained-variance curves and, if `sensitivity`, sensitivities; spectra by slot; kept clips).
+    """(Stats with explained-variance curves and, if `sensitivity`, sensitivities; spectra by slot; KeptClips).
 
     With an existing `stats_path` the sums come from that file (a file from another model raises
     StatsMismatchError); otherwise calibration runs on the first `num_samples` clips of `calibration` (one
@@ -266,6 +281,9 @@ def prepare_stats(
 
     `stages` (a StageCosts) records the cost of audio decoding, calibration statistics, spectra and sensitivity;
     the costs of the stages that made the sums are saved with them (`stats.costs`).
+
+    `keep`: keep this process's first `keep` clips (at least the probe clips) and, where the calibration pass runs,
+    the stock encoder's outputs on them (for recovery; see KeptClips).
     """
     stages = stages or StageCosts(next(model.parameters()).device)
     processes = Processes.of(processes)
@@ -280,7 +298,7 @@ def prepare_stats(
     identity = model_identity(model, name)
     stats_path = Path(stats_path) if stats_path is not None else None
     clips = _FirstClips([], 0)
-    probe_states = _EncoderStates(0)  # none kept when the sums come from a stats file
+    states = _EncoderStates(0)  # none kept when the sums come from a stats file
     if stats_path is not None and stats_path.exists():
         stats = load_stats(stats_path, identity)
         if frames is not None and frames != stats.frames:
@@ -295,15 +313,15 @@ def prepare_stats(
         decoded = stages.iterate(iter_calibration(calibration, limit=num_samples, shard=processes.shard,
                                                   balance=balance),
                                  "audio decoding")
-        clips = _FirstClips(decoded, max(own_probe_clips, 1))
-        probe_states = _EncoderStates(own_probe_clips if sensitivity else 0)
+        clips = _FirstClips(decoded, max(own_probe_clips, keep, 1))
+        states = _EncoderStates(max(own_probe_clips if sensitivity else 0, keep))
         with stages.stage("calibration statistics"):
             stats = processes.run(
                 lambda: collect_stats(model, feature_extractor, clips, batch_size=batch_size,
                                       frames=frames or default_frames, progress=progress,
                                       total=len(range(index, num_samples, count)), name=name,
                                       calibration=mix_name(calibration),
-                                      on_batch=lambda _, states: probe_states.keep(states)),
+                                      on_batch=lambda _, outputs: states.keep(outputs)),
                 "calibration",
             )
             if count > 1:
@@ -327,8 +345,8 @@ def prepare_stats(
             reduced = autocast_dtype_for(device, next(model.parameters()).dtype) if fisher else None
             probes = processes.run(lambda: probe_set(model, feature_extractor, probe_audio, batch_size=batch_size,
                                                      reference=not fisher,
-                                                     encoder_states=probe_states.of(len(probe_audio)),
-                                                     autocast_dtype=reduced),
+                                                     encoder_states=states.of(len(probe_audio)),
+                                                     transcribe_dtype=reduced),
                                    "sensitivity probe")
             stats.sensitivity, stats.sensitivity_curves, extras = measure(
                 model, probes, by_slot, sensitivity_method, probe_level, progress, processes, autocast_dtype=reduced)
@@ -340,7 +358,7 @@ def prepare_stats(
         stats.costs = {**stats.costs, **{stage: made[stage] for stage in STATS_STAGES if stage in made}}
     if stats_path is not None and changed and processes.is_main:
         save_stats_or_fallback(stats, stats_path)
-    return stats, by_slot, clips.kept
+    return stats, by_slot, KeptClips(clips.kept, states.of(len(clips.kept)) if clips.kept else None)
 
 
 def save_stats_or_fallback(stats, stats_path: Path) -> Path:
@@ -431,17 +449,27 @@ def compress(
     stages = StageCosts(device)
     with stages.stage("load model"):
         base, feature_extractor = load_base(model, device, dtype)
-    sensitivity_method = sensitivity_method or default_sensitivity_method(base)
-    if probe_clips is None:
-        probe_clips = default_probe_clips(sensitivity_method, num_samples)
     calibration = calibration_sources(calibration if calibration is not None else default_calibration(base))
     check_request(base.config, preset, thresholds, target_encoder_params, policy)
     effective_policy = "threshold" if thresholds is not None else policy
+    family = model_family(base.config) if preset is not None else None
+    reduced = autocast_dtype_for(next(base.parameters()).device, next(base.parameters()).dtype)
+    recovery_settings = resolve_recovery(preset, recovery, recover_steps, family=family, seed=seed,
+                                         autocast_dtype=str(reduced).removeprefix("torch.") if reduced else None)
+    distils = recovery_settings is not None and recovery_settings.steps > 0
+    sensitivity_method = sensitivity_method or default_sensitivity_method(base, distils)
+    if probe_clips is None:
+        probe_clips = default_probe_clips(sensitivity_method, num_samples)
+    # Recovery reads the same first clips: calibration keeps them, with the stock encoder's outputs where they fit
+    # distillation's target cache (one stock pass fewer).
+    keep = num_samples if recovery_settings is not None and processes.count == 1 else 0
+    if keep and keep * stock_output_bytes(base.config, next(base.parameters()).dtype) > TARGET_CACHE_BYTES:
+        keep = 0
     stats, by_slot, kept = prepare_stats(
         base, feature_extractor, calibration, num_samples, batch_size, frames, stats_path, name=str(model),
         default_frames=DEFAULT_FRAMES_BY_POLICY[effective_policy], sensitivity=effective_policy == "sensitivity",
         probe_clips=probe_clips, progress=progress, processes=processes, sensitivity_method=sensitivity_method,
-        stages=stages, balance=balance,
+        stages=stages, balance=balance, keep=keep,
     )
     stats = dataclasses.replace(stats, slots={})  # the float64 sums are no longer needed: free them
     with stages.stage("rank choice"):
@@ -449,21 +477,20 @@ def compress(
     with stages.stage("decomposition"):
         lite = decompose(base, by_slot, low_rank_config, progress=progress)
     del by_slot
-    family = model_family(base.config) if preset is not None else None
-    reduced = autocast_dtype_for(next(lite.parameters()).device, next(lite.parameters()).dtype)
-    recovery_settings = resolve_recovery(preset, recovery, recover_steps, family=family, seed=seed,
-                                         autocast_dtype=str(reduced).removeprefix("torch.") if reduced else None)
     recovery_report = None
     if recovery_settings is not None:
         # Every process passes the same clips; recovery takes its own shard of them.
-        if len(kept) >= num_samples and processes.count == 1:
-            clips = kept
+        outputs = None
+        if len(kept.utterances) >= num_samples and processes.count == 1:
+            clips, outputs = kept.utterances[:num_samples], kept.encoder_states
+            outputs = outputs[:num_samples] if outputs is not None and outputs.shape[0] >= num_samples else None
         else:
             clips = first_clips(calibration, num_samples, balance, stages)
         with stages.stage("recovery"):
             recovery_report = recover_encoder(lite, base, feature_extractor, clips, recovery_settings,
-                                              processes=processes, progress=progress)
-        del clips
+                                              processes=processes, progress=progress, stock_outputs=outputs)
+        del clips, outputs
+    del kept
     if recover is not None:
         lite = recover(lite)
     recipe = Recipe(

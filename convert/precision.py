@@ -1,9 +1,11 @@
 """Reduced precision where the device computes it natively: which dtype, and the autocast context for it.
 
-The Fisher estimate (fisher.py), the transcription of its probe clips (sensitivity.py) and distillation's training
-steps (recovery.py) run under it when `compress` asks; calibration sums, spectra, the per-linear probe and the
+The Fisher estimate (fisher.py) and distillation's training steps (recovery.py) run under autocast to it when
+`compress` asks, and the Fisher estimate's probe clips are transcribed by a copy of the model cast to it
+(sensitivity.py: autocast would cast every weight again at every generated token); calibration sums, spectra, the per-linear probe and the
 held-out checks never do (benchmarks/README.md, "What a conversion costs", has the measurements)."""
 
+import copy
 from contextlib import nullcontext
 from typing import Optional
 
@@ -28,3 +30,15 @@ def autocast_dtype_for(device, dtype: torch.dtype) -> Optional[torch.dtype]:
 def autocast_to(device, dtype: Optional[torch.dtype]):
     """A context that autocasts to `dtype` on `device`'s type; with None, one that changes nothing."""
     return torch.autocast(torch.device(device).type, dtype=dtype) if dtype is not None else nullcontext()
+
+
+def cast_copy(model: torch.nn.Module, dtype: torch.dtype) -> torch.nn.Module:
+    """A copy of `model` whose floating-point parameters and buffers are in `dtype`, for inference. Built tensor by
+    tensor (no full-precision copy on the way: a bfloat16 copy of large-v3 costs 3 GB, not 6 + 3); tied weights
+    stay tied."""
+    memo = {}
+    for tensor in list(model.parameters()) + list(model.buffers()):
+        if id(tensor) not in memo:
+            cast = tensor.detach().to(dtype) if tensor.is_floating_point() else tensor.detach().clone()
+            memo[id(tensor)] = torch.nn.Parameter(cast, requires_grad=False) if isinstance(tensor, torch.nn.Parameter) else cast
+    return copy.deepcopy(model, memo)

@@ -35,7 +35,7 @@ from configuration_lite_whisper import ATTENTION_SLOTS, slot_shape
 
 from .calibration import SlotKey, encoder_linear, encoder_of, encoder_stem, run_layer
 from .decomposition import Spectrum, low_rank_linear, useful_rank_limit
-from .precision import autocast_to
+from .precision import cast_copy
 from .ranks import RANK_MULTIPLE
 
 DEFAULT_PROBE_CLIPS = 32
@@ -44,6 +44,8 @@ DEFAULT_LEVEL = 0.99  # explained variance at which each slot is probed
 # counts from the end of the decoder prompt: `max_new_tokens` beside the max_length every Whisper generation config
 # carries makes transformers warn on every batch.
 MAX_LENGTH = 128
+MAX_TRANSCRIPTION_BATCH = 32  # clips per generate call at most (see transcription_batch_size)
+TRANSCRIPTION_CACHE_BYTES = 1e9  # what the cross-attention cache of one generate call may hold
 
 
 @dataclass
@@ -118,15 +120,27 @@ def _log_probs(model, probes_features, decoder_ids, mask, batch_size: int,
     return torch.cat(chunks)
 
 
+def transcription_batch_size(config, dtype: torch.dtype, budget: float = TRANSCRIPTION_CACHE_BYTES) -> int:
+    """Clips per `generate` call: as many as keep the cross-attention cache (keys and values of every decoder layer
+    over all encoder positions) within `budget`, at most MAX_TRANSCRIPTION_BATCH (32 for tiny to medium, 8 for
+    large-v3 in bfloat16). Greedy decoding pays per step, not per clip, so larger batches cost less per clip."""
+    per_clip = (2 * config.decoder_layers * config.max_source_positions * config.d_model
+                * torch.finfo(dtype).bits // 8)
+    return int(max(1, min(MAX_TRANSCRIPTION_BATCH, budget // per_clip)))
+
+
 def probe_set(model, feature_extractor, clips: Iterable, batch_size: int = 8, reference: bool = True,
               encoder_states: Optional[torch.Tensor] = None,
-              autocast_dtype: Optional[torch.dtype] = None) -> ProbeSet:
+              transcribe_dtype: Optional[torch.dtype] = None) -> ProbeSet:
     """Transcribe `clips` (audio.Utterance) greedily with the stock `model` and keep its predictions (with
-    `reference`, also its teacher-forced log-probs, which `probe_loss` compares against; the Fisher estimate
-    does not need them). `encoder_states` [clips, positions, d]: the stock encoder's outputs on these clips, where
-    calibration has already computed them; the encoder then does not run again. `autocast_dtype`: transcribe under
-    autocast to it (the Fisher estimate's transcripts, which only say where to look; the reference log-probs are
-    always in the model's dtype)."""
+    `reference`, also its teacher-forced log-probs, which `probe_loss` compares against, `batch_size` clips at a
+    time; the Fisher estimate does not need them). `encoder_states` [clips, positions, d]: the stock encoder's
+    outputs on these clips, where calibration has already computed them; the encoder then does not run again.
+    `transcribe_dtype`: transcribe with a copy of the model cast to it (the Fisher estimate's transcripts, which
+    only say where to look; the reference log-probs are always in the model's dtype).
+
+    Clips are transcribed in order of duration (similar transcript lengths share a batch), `transcription_batch_size`
+    at a time, and returned in the order given."""
     clips = list(clips)
     audios = [clip.audio for clip in clips]
     if not audios:
@@ -137,23 +151,26 @@ def probe_set(model, feature_extractor, clips: Iterable, batch_size: int = 8, re
     given = [getattr(clip, "language", None) for clip in clips]
     if encoder_states is not None and encoder_states.shape[0] != len(clips):
         raise ValueError(f"{encoder_states.shape[0]} encoder outputs for {len(clips)} probe clips")
-    languages = clip_languages(model, features, given, batch_size, encoder_states)
-    parameter = next(model.parameters())
-    transcripts = []
+    transcriber = cast_copy(model, transcribe_dtype) if transcribe_dtype is not None else model
+    parameter = next(transcriber.parameters())
+    generation_batch = transcription_batch_size(model.config, parameter.dtype)
+    languages = clip_languages(transcriber, features, given, generation_batch, encoder_states)
+    by_duration = sorted(range(len(audios)), key=lambda position: len(audios[position]))
+    transcripts = [None] * len(audios)
     with torch.inference_mode():
-        for start in range(0, len(audios), batch_size):
-            rows = slice(start, start + batch_size)
+        for start in range(0, len(audios), generation_batch):
+            rows = by_duration[start : start + generation_batch]
             mask = inputs.attention_mask[rows].to(parameter.device)
             # The full sequences: decoder prompt, transcript, eos (plain generate drops the prompt and eos).
-            kwargs = _generate_kwargs(model, [language for language in languages[rows] if language])
-            with autocast_to(parameter.device, autocast_dtype):
-                output = model.generate(**_encoder_inputs(model, features, encoder_states, rows), attention_mask=mask,
-                                        return_dict_in_generate=True, **kwargs)
-            transcripts.append(output["sequences"].cpu())
-    width = max(ids.shape[1] for ids in transcripts)
+            kwargs = _generate_kwargs(transcriber, [languages[row] for row in rows if languages[row]])
+            output = transcriber.generate(**_encoder_inputs(transcriber, features, encoder_states, rows),
+                                          attention_mask=mask, return_dict_in_generate=True, **kwargs)
+            for row, ids in zip(rows, output["sequences"].cpu()):
+                transcripts[row] = ids
+    del transcriber
     eos = model.generation_config.eos_token_id
     eos = eos[0] if isinstance(eos, (list, tuple)) else eos
-    decoder_ids = torch.cat([torch.nn.functional.pad(ids, (0, width - ids.shape[1]), value=eos) for ids in transcripts])
+    decoder_ids = torch.nn.utils.rnn.pad_sequence(transcripts, batch_first=True, padding_value=eos)  # [clips, T]
     # Token t+1 is predicted at position t; keep the transcript's tokens and its first eos. The decoder prompt
     # (start of transcript, language, task, no-timestamps) is forced, not predicted: its ids all lie above eos.
     predicted = decoder_ids[:, 1:]  # [clips, T-1]

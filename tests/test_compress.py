@@ -222,7 +222,8 @@ def test_compress_reports_and_records_every_stage_and_the_stats_file_keeps_its_c
 
 
 def test_the_sensitivity_default_is_fisher_for_multilingual_models_and_the_probe_for_english_only_ones():
-    """As measured: Fisher on 100 clips for multilingual base, the per-linear probe on 32 clips for tiny.en."""
+    """As measured: Fisher on 64 clips for multilingual base and for conversions that distil, the per-linear probe
+    on 32 clips for the other tiny.en presets."""
     from types import SimpleNamespace
 
     from transformers import GenerationConfig
@@ -233,7 +234,8 @@ def test_the_sensitivity_default_is_fisher_for_multilingual_models_and_the_probe
     english_only = SimpleNamespace(generation_config=GenerationConfig(is_multilingual=False))
     assert default_sensitivity_method(multilingual) == "fisher"
     assert default_sensitivity_method(english_only) == "probe"
-    assert default_probe_clips("fisher", 250) == 100 and default_probe_clips("fisher", 40) == 40
+    assert default_sensitivity_method(english_only, distils=True) == "fisher"  # tiny.en balanced
+    assert default_probe_clips("fisher", 250) == 64 and default_probe_clips("fisher", 40) == 40
     assert default_probe_clips("probe", 250) == 32
 
 
@@ -261,8 +263,14 @@ def test_the_sensitivity_stage_reuses_the_encoder_outputs_of_the_calibration_pas
     # in the precision compress chooses for the Fisher estimate on this machine (bfloat16 autocast where the CPU
     # computes it natively)
     reduced = autocast_dtype_for("cpu", torch.float32) if method == "fisher" else None
+    states = None
+    if reduced is not None:  # the transcribing copy is cast to it: give it the stock encoder's float32 outputs
+        with torch.inference_mode():
+            states = torch.cat([model.get_encoder()(feature_extractor([clip.audio for clip in clips[start : start + 2]],
+                                                                      sampling_rate=16000, return_tensors="pt")
+                                                    .input_features).last_hidden_state for start in (0, 2)])
     probes = probe_set(model, feature_extractor, clips, batch_size=2, reference=method == "probe",
-                       autocast_dtype=reduced)
+                       encoder_states=states, transcribe_dtype=reduced)
     if method == "probe":
         expected = measure_sensitivity(model, probes, by_slot)
     else:

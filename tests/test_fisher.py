@@ -124,3 +124,25 @@ def test_bfloat16_autocast_gives_the_float32_estimate(setup):
         assert reduced[key] == pytest.approx(full[key], rel=0.2)
     assert max(reduced[key] for key in negligible) < 0.03 * largest
     assert next(model.parameters()).dtype == torch.float32  # the model itself is untouched
+
+
+def test_the_transcribing_copy_is_cast_and_the_model_is_left_alone():
+    """The Fisher estimate's probe clips are transcribed by a bfloat16 copy (precision.cast_copy): every tensor of
+    the copy is bfloat16, tied weights stay tied, it computes what the model computes, and the model itself keeps
+    its float32 weights."""
+    from lite_whisper_convert.precision import cast_copy
+
+    model = tiny_model()
+    before = {name: tensor.clone() for name, tensor in model.state_dict().items()}
+    copy = cast_copy(model, torch.bfloat16)
+    assert {parameter.dtype for parameter in copy.parameters()} == {torch.bfloat16}
+    assert copy.proj_out.weight is copy.model.decoder.embed_tokens.weight
+    assert copy.proj_out.weight is not model.proj_out.weight
+    for name, tensor in model.state_dict().items():
+        assert tensor.dtype == torch.float32 and torch.equal(tensor, before[name])
+    features = torch.randn(2, model.config.num_mel_bins, 2 * model.config.max_source_positions)
+    ids = torch.tensor([[model.config.decoder_start_token_id, 5, 6]] * 2)
+    with torch.inference_mode():
+        full = model(input_features=features, decoder_input_ids=ids).logits
+        reduced = copy(input_features=features.bfloat16(), decoder_input_ids=ids).logits.float()
+    assert (reduced - full).abs().max() < 0.05 * full.abs().max()

@@ -207,4 +207,9 @@ def test_the_sensitivity_probe_scores_the_transcript_after_the_real_decoder_prom
         assert not scored[0]  # position 0 would predict the forced no-timestamps token
     one_by_one = [probe_set(model, feature_extractor, [clip], batch_size=1) for clip in clips]
     assert together.tokens == sum(probe.tokens for probe in one_by_one)
+    # transcribed in order of duration, returned in the order given
+    backwards = probe_set(model, feature_extractor, clips[::-1], batch_size=3)
+    width = min(backwards.decoder_ids.shape[1], together.decoder_ids.shape[1])
+    assert torch.equal(backwards.decoder_ids.flip(0)[:, :width], together.decoder_ids[:, :width])
+    assert torch.equal(backwards.mask.flip(0)[:, : width - 1], together.mask[:, : width - 1])
     assert probe_loss(model, together) == pytest.approx(0.0, abs=1e-6)  # the stock model against itself

@@ -105,6 +105,31 @@ def test_distillation_trains_alike_on_kept_and_recomputed_stock_outputs(monkeypa
         torch.testing.assert_close(kept_state[name], recomputed_state[name], atol=1e-5, rtol=1e-4)
 
 
+def test_distillation_towards_the_calibration_pass_outputs_runs_no_stock_pass():
+    """compress hands recovery the stock encoder's outputs that calibration computed: the stock encoder then never
+    runs to its final layer norm (no target pass), and training is the same as with targets recomputed."""
+    settings = RecoverySettings(steps=8, refit=True, holdout=4, batch_size=4, learning_rate=3e-3, eval_every=4)
+    stock, lite, extractor, calibration = compressed()
+    outputs = []
+    collect_stats(stock, extractor, calibration, progress=False, frames="all",
+                  on_batch=lambda _, states: outputs.append(states.detach().clone()))
+    calls = []
+    handle = encoder_of(stock).layer_norm.register_forward_hook(lambda *_: calls.append(1))
+    try:
+        given = recover(lite, stock, extractor, calibration, settings, progress=False, stock_outputs=torch.cat(outputs))
+    finally:
+        handle.remove()
+    assert calls == [] and given.targets_from_calibration
+    stock, other, extractor, calibration = compressed()
+    computed = recover(other, stock, extractor, calibration, settings, progress=False)
+    assert not computed.targets_from_calibration
+    assert [entry["train_loss"] for entry in given.history] == pytest.approx(
+        [entry["train_loss"] for entry in computed.history], rel=1e-4)
+    assert given.holdout_error_after == pytest.approx(computed.holdout_error_after, rel=1e-4)
+    with pytest.raises(ValueError, match="15 stock encoder outputs for 16 clips"):
+        recover(other, stock, extractor, calibration, settings, progress=False, stock_outputs=torch.cat(outputs)[:15])
+
+
 def test_training_the_layer_norms_leaves_the_teacher_alone():
     stock, lite, extractor, calibration = compressed()  # decompose shares the layer norms with the stock model
     stock_state = state_of(stock)
@@ -187,7 +212,7 @@ def test_the_recipe_records_how_a_model_was_recovered():
     report = RecoveryReport(RecoverySettings(steps=0).as_dict(), train_clips=168, holdout_clips=32,
                             holdout_error_before=0.2, holdout_error_after_refit=0.05, holdout_error_after=0.05)
     entry = recovery_recipe(report, "librispeech-train-clean-100-calib")
-    assert entry["method"] == "least-squares refit" and entry["refit_clips"] == 64 and not entry["labels_used"]
+    assert entry["method"] == "least-squares refit" and entry["refit_clips"] == 32 and not entry["labels_used"]
     assert entry["holdout_relative_error"] == {"before": 0.2, "after_refit": 0.05, "after": 0.05}
 
 
@@ -207,6 +232,11 @@ def test_compress_recovers_and_the_repo_records_it(tmp_path):
     recipe = json.loads((result.out_dir / "compression_recipe.json").read_text())
     recovery = recipe["extra"]["recovery"]
     assert recovery["method"] == "least-squares refit" and recovery["labels_used"] is False
+    distilled = compress(str(tmp_path / "base"), tmp_path / "distilled", calibration=str(tmp_path / "clips"),
+                         thresholds=Thresholds(0.9, 0.9), num_samples=12, smoke_test=False, progress=False,
+                         recovery="distill", recover_steps=2)
+    recovery = json.loads((distilled.out_dir / "compression_recipe.json").read_text())["extra"]["recovery"]
+    assert recovery["distillation_steps"] == 2 and recovery["stock_outputs"] == "calibration pass"
     assert "- recovery: least-squares refit towards the stock encoder" in (result.out_dir / "README.md").read_text()
     plain = compress(str(tmp_path / "base"), tmp_path / "plain", calibration=str(tmp_path / "clips"),
                      thresholds=Thresholds(0.9, 0.9), num_samples=12, smoke_test=False, progress=False,
