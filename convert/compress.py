@@ -201,8 +201,13 @@ class _EncoderStates:
             self.batches.append(states[: self.wanted - self.count].detach().cpu())
 
     def of(self, clips: int) -> Optional[torch.Tensor]:
-        """[clips, positions, d] when the first `clips` were kept, else None (the probe runs the encoder)."""
-        return torch.cat(self.batches)[:clips] if self.batches and self.count >= clips else None
+        """[clips, positions, d] when the first `clips` were kept, else None (the probe runs the encoder). The
+        batches are joined once; every call returns a view of that one tensor."""
+        if not self.batches or self.count < clips:
+            return None
+        if len(self.batches) > 1:
+            self.batches = [torch.cat(self.batches)]
+        return self.batches[0][:clips]
 
 
 @dataclass
@@ -482,8 +487,8 @@ def compress(
         # Every process passes the same clips; recovery takes its own shard of them.
         outputs = None
         if len(kept.utterances) >= num_samples and processes.count == 1:
-            clips, outputs = kept.utterances[:num_samples], kept.encoder_states
-            outputs = outputs[:num_samples] if outputs is not None and outputs.shape[0] >= num_samples else None
+            clips = kept.utterances[:num_samples]
+            outputs = kept.encoder_states[:num_samples] if kept.encoder_states is not None else None
         else:
             clips = first_clips(calibration, num_samples, balance, stages)
         with stages.stage("recovery"):

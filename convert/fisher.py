@@ -36,9 +36,10 @@ none), so the backward costs about one forward. On a float32 model `compress` ru
 the projections on V under bfloat16 autocast where the device computes bfloat16 natively
 (`precision.autocast_dtype_for`: CUDA, or a CPU with AVX-512 BF16 or AMX), and transcribes the probe clips with a
 copy of the model cast to bfloat16 (`sensitivity.probe_set`): on real base (24 clips, this project's CPU) 0.55× the
-float32 time, the 24 sensitivities' rank correlation with float32's 0.993, each within 25 %. The sums over positions and ranks stay float32/float64: ⟨G, δ_r⟩ is a
-difference of two nearly equal sums at high ranks. Activations the autograd graph keeps are referenced, not
-copied; B is cached per slot across samples when there are several. Clips run in batches small enough for the
+float32 time, the 24 sensitivities' rank correlation with float32's 0.993, each within 25 %. The sums over
+positions and ranks stay float32/float64: ⟨G, δ_r⟩ is a difference of two nearly equal sums at high ranks.
+Activations the autograd graph keeps are referenced, not copied; B is cached per slot across samples when there
+are several. Clips run in batches small enough for the
 activations autograd keeps (`batch_size_for`: 4 clips for tiny to small, 1 for large-v3).
 
 Results: `curves[slot]` [k] float64, the estimated KL per token at each rank (what `ranks.ranks_for_budget`

@@ -2,8 +2,9 @@
 
 The Fisher estimate (fisher.py) and distillation's training steps (recovery.py) run under autocast to it when
 `compress` asks, and the Fisher estimate's probe clips are transcribed by a copy of the model cast to it
-(sensitivity.py: autocast would cast every weight again at every generated token); calibration sums, spectra, the per-linear probe and the
-held-out checks never do (benchmarks/README.md, "What a conversion costs", has the measurements)."""
+(sensitivity.py: autocast would cast every weight again at every generated token); calibration sums, spectra,
+the per-linear probe and the held-out checks never do (benchmarks/README.md, "What a conversion costs", has the
+measurements)."""
 
 import copy
 from contextlib import nullcontext
