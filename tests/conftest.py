@@ -80,6 +80,26 @@ def factorise_exactly(dense_model, low_rank_config):
     return lite
 
 
+def assert_probe_sequences_are_generates_own(model, feature_extractor, clips, probes):
+    """The probe's sequences (prompt, transcript, eos) are what Whisper's generate returns with
+    return_dict_in_generate: the probe rebuilds them from the plain output, which drops the prompt and the eos."""
+    import torch
+
+    from lite_whisper_convert.sensitivity import _generate_kwargs
+
+    inputs = feature_extractor([clip.audio for clip in clips], sampling_rate=feature_extractor.sampling_rate,
+                               return_tensors="pt", return_attention_mask=True)
+    with torch.inference_mode():
+        full = model.generate(inputs.input_features, attention_mask=inputs.attention_mask,
+                              return_dict_in_generate=True,
+                              **_generate_kwargs(model, [language for language in probes.languages if language]))
+    config = model.generation_config
+    for generated, ids, scored in zip(full.sequences, probes.decoder_ids, probes.mask):
+        length = int(scored.nonzero()[-1]) + 2  # prompt, transcript and eos: the last scored token ends it
+        assert generated[:length].tolist() == ids[:length].tolist()
+        assert set(generated[length:].tolist()) <= {config.eos_token_id, config.pad_token_id}  # padding only
+
+
 def _import_installed_whisper(tmp_path_factory, packages, name):
     """Import a real Whisper shipped in CTranslate2 format by installed packages, or skip when they are absent."""
     import importlib.util

@@ -3,6 +3,7 @@
 import pytest
 import torch
 from compress_fixtures import clips, tiny_feature_extractor, tiny_model
+from conftest import assert_probe_sequences_are_generates_own
 
 from configuration_lite_whisper import slot_shape
 
@@ -36,6 +37,13 @@ def setup():
     attach_explained_variance(stats, by_slot)
     probes = probe_set(model, feature_extractor, utterances[:8])
     return model, stats, by_slot, probes
+
+
+def test_the_probe_sequences_are_generates_own_on_a_bare_generation_config(setup):
+    """A random model's generation config has no no-timestamps token: the probe's prompt has none either."""
+    model, _, _, probes = setup
+    assert not hasattr(model.generation_config, "no_timestamps_token_id")
+    assert_probe_sequences_are_generates_own(model, tiny_feature_extractor(), clips(16)[:8], probes)
 
 
 def test_probe_vectors_have_the_softmax_fisher_as_covariance():

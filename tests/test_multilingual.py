@@ -8,7 +8,7 @@ from collections import Counter
 import pytest
 import soundfile
 from compress_fixtures import clips, write_tiny_base
-from conftest import speech_set
+from conftest import assert_probe_sequences_are_generates_own, speech_set
 
 from lite_whisper_convert import cli
 from lite_whisper_convert.audio import (
@@ -214,5 +214,6 @@ def test_real_base_probe_transcribes_each_clip_in_its_own_language(base_dir):
     tokenizer = WhisperTokenizer.from_pretrained(str(base_dir))
     prompts = [tokenizer.convert_ids_to_tokens(ids[:2].tolist())[1] for ids in probes.decoder_ids]
     assert prompts == ["<|en|>", "<|de|>", "<|el|>", "<|es|>"]
+    assert_probe_sequences_are_generates_own(model, feature_extractor, mix, probes)
     description = probe_description(probes, 0.99, "mix")
     assert description["languages"] == {"de": 1, "el": 1, "en": 1, "es": 1} and description["detected_languages"] == 1

@@ -185,13 +185,14 @@ def test_plan_ranks_resolves_presets_and_records_the_request():
         plan_ranks(stats, config, preset="fast", policy="magic")
 
 
-def test_the_sensitivity_probe_scores_the_transcript_after_the_real_decoder_prompt(tiny_en_dir):
+def test_the_sensitivity_probe_scores_the_transcript_after_the_real_decoder_prompt(tiny_en_dir, monkeypatch):
     """Teacher forcing starts from Whisper's prompt (start of transcript, no timestamps), and every transcript
     token plus the eos is scored exactly once, however the clips are batched."""
-    from conftest import speech_set
+    from conftest import assert_probe_sequences_are_generates_own, speech_set
 
     from lite_whisper_convert.audio import iter_utterances
     from lite_whisper_convert.compress import load_base
+    from lite_whisper_convert import sensitivity
     from lite_whisper_convert.sensitivity import probe_loss, probe_set
 
     model, feature_extractor = load_base(str(tiny_en_dir))
@@ -213,3 +214,9 @@ def test_the_sensitivity_probe_scores_the_transcript_after_the_real_decoder_prom
     assert torch.equal(backwards.decoder_ids.flip(0)[:, :width], together.decoder_ids[:, :width])
     assert torch.equal(backwards.mask.flip(0)[:, : width - 1], together.mask[:, : width - 1])
     assert probe_loss(model, together) == pytest.approx(0.0, abs=1e-6)  # the stock model against itself
+    assert_probe_sequences_are_generates_own(model, feature_extractor, clips, together)
+    # a transcript cut by the length limit has no eos, as generate returns it, and its last token is scored
+    monkeypatch.setattr(sensitivity, "MAX_LENGTH", 5)
+    cut = probe_set(model, feature_extractor, clips, batch_size=3)
+    assert_probe_sequences_are_generates_own(model, feature_extractor, clips, cut)
+    assert cut.mask.sum(dim=1).tolist() == [min(5, int(n)) for n in together.mask.sum(dim=1)]
