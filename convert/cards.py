@@ -110,7 +110,24 @@ def load_results(paths: Sequence) -> List[ModelResult]:
             ))
         else:
             raise CardError(f"{path}: neither a `lite-whisper eval --json` file nor a benchmark report")
-    return results
+    return _one_per_model(results)
+
+
+def _one_per_model(results: List[ModelResult]) -> List[ModelResult]:
+    """A model evaluated in several files (e.g. one `lite-whisper eval` per set) becomes one result with every
+    set (the first file's result of a set wins) and their unweighted mean; its speed figures stay those of the
+    first file, since speed compares only within one run."""
+    merged: Dict[tuple, ModelResult] = {}
+    for result in results:
+        path = Path(result.model)
+        key = (result.model_type, result.name, str(path.resolve()) if path.exists() else result.model)
+        if key not in merged:
+            merged[key] = result
+            continue
+        kept = merged[key]
+        kept.datasets.update({name: data for name, data in result.datasets.items() if name not in kept.datasets})
+        kept.mean_wer = sum(set_error_rate(data) for data in kept.datasets.values()) / len(kept.datasets)
+    return list(merged.values())
 
 
 def _is_model(result: ModelResult, model_dir: Path) -> bool:
@@ -241,12 +258,27 @@ def recipe_items(recipe: dict) -> List[tuple]:
         recipe["sensitivity probe"] = (f"{probe.get('clips')} clips, each transcribed in its language: "
                                        + counts_line(probe["languages"])
                                        + f" ({probe.get('detected_languages', 0)} detected)")
+    made_earlier = list((extra.pop("stats_file_costs", None) or {}).values())
+    if made_earlier:  # calibration came from a statistics file that an earlier run made
+        recipe["statistics file cost"] = costs_line(made_earlier)
+    if recipe.get("stages"):
+        recipe["conversion cost"] = costs_line(recipe.pop("stages"))
     recipe["extra"] = extra
     return [
         (key, json.dumps(_public(value)) if isinstance(value, (dict, list)) else _public(value))
         for key, value in recipe.items()
         if key not in RECIPE_HIDDEN and value not in ({}, [], None, "")
     ]
+
+
+def costs_line(stages: List[dict]) -> str:
+    """StageCosts records -> "calibration statistics 93 s, sensitivity 104 s, ...; 201 s in all, peak 4.5 GB",
+    stages under a second left out of the list (not of the total)."""
+    seconds = sum(stage["seconds"] for stage in stages)
+    listed = ", ".join(f"{stage['stage']} {stage['seconds']:.0f} s" for stage in stages if stage["seconds"] >= 1)
+    peaks = [stage.get("peak_gpu_gb") or stage.get("peak_rss_gb") for stage in stages]
+    peak = max((value for value in peaks if value is not None), default=None)
+    return f"{listed}; {seconds:.0f} s in all" + (f", peak memory {peak:.1f} GB" if peak is not None else "")
 
 
 def counts_line(counts: dict) -> str:

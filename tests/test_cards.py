@@ -202,3 +202,31 @@ def test_card_says_in_words_whether_and_how_the_encoder_was_recovered():
     assert "0.0817 -> 0.0043" in items["recovery"] and "extra" not in items
     recipe_only = dict(recipe_items({"frames": "real", "extra": {"recovery": {"method": "none"}, "note": "x"}}))
     assert recipe_only["recovery"] == "none (LiteASR recipe only)" and recipe_only["extra"] == '{"note": "x"}'
+
+
+def test_card_states_the_conversion_cost_in_words():
+    from lite_whisper_convert.cards import recipe_items
+
+    stage = lambda name, seconds, gb: {"stage": name, "seconds": seconds, "peak_rss_gb": gb, "peak_gpu_gb": None}
+    recipe = {"frames": "real", "stages": [stage("load model", 0.2, 0.9), stage("spectra", 6.1, 3.1)],
+              "extra": {"stats_file_costs": {"calibration statistics": stage("calibration statistics", 93.1, 1.6),
+                                             "sensitivity": stage("sensitivity", 104.4, 4.5)}}}
+    items = dict(recipe_items(recipe))
+    assert items["statistics file cost"] == "calibration statistics 93 s, sensitivity 104 s; 198 s in all, peak memory 4.5 GB"
+    assert items["conversion cost"] == "spectra 6 s; 6 s in all, peak memory 3.1 GB"  # under a second: counted, not listed
+    assert "stages" not in items and "extra" not in items
+
+
+def test_a_model_evaluated_one_set_per_file_gets_every_set(family, tmp_path):
+    """`lite-whisper eval` run once per set: the card shows every set, with their mean."""
+    outcome = json.loads(family["results"][1].read_text())  # acc, evaluated on one set
+    (name, data), = outcome["datasets"].items()
+    other = dict(outcome, datasets={"second-set": dict(data, error_rate=data["error_rate"] + 10.0)})
+    second = write_results(other, tmp_path / "acc-second-set.json")
+    results = {result.name: result for result in load_results(family["results"] + [second])}
+    acc = results["lite-whisper-tiny-acc"]
+    assert list(acc.datasets) == [name, "second-set"]
+    assert acc.mean_wer == pytest.approx(data["error_rate"] + 5.0)
+    text = render_card(family["acc"], family["results"] + [second], base_model="openai/whisper-tiny", write=False).text
+    assert "second-set" in text
+
