@@ -272,8 +272,8 @@ def recipe_items(recipe: dict) -> List[tuple]:
 
 
 def costs_line(stages: List[dict]) -> str:
-    """StageCosts records -> "calibration statistics 93 s, sensitivity 104 s, ...; 201 s in all, peak 4.5 GB",
-    stages under a second left out of the list (not of the total)."""
+    """StageCosts records -> one line, "calibration statistics 93 s, sensitivity 104 s, ...; 201 s in all, peak
+    memory 4.5 GB"; stages under a second are left out of the list, not of the total."""
     seconds = sum(stage["seconds"] for stage in stages)
     listed = ", ".join(f"{stage['stage']} {stage['seconds']:.0f} s" for stage in stages if stage["seconds"] >= 1)
     peaks = [stage.get("peak_gpu_gb") or stage.get("peak_rss_gb") for stage in stages]

@@ -173,7 +173,7 @@ def probe_set(model, feature_extractor, clips: Iterable, batch_size: int = 8, re
     config = model.generation_config
     eos = config.eos_token_id[0] if isinstance(config.eos_token_id, (list, tuple)) else config.eos_token_id
     ends = {eos, config.pad_token_id} - {None}
-    prompts, scored = [None] * len(audios), [0] * len(audios)  # per clip: decoder prompt; tokens scored after it
+    prompts = [None] * len(audios)  # per clip: its decoder prompt
     with torch.inference_mode():
         for start in range(0, len(audios), generation_batch):
             rows = by_duration[start : start + generation_batch]
@@ -190,14 +190,13 @@ def probe_set(model, feature_extractor, clips: Iterable, batch_size: int = 8, re
                 ending = [eos] if len(text) < kwargs["max_length"] else []
                 prompts[row] = decoder_prompt(config, languages[row])
                 transcripts[row] = torch.tensor(prompts[row] + text + ending)
-                scored[row] = len(text) + len(ending)
     del transcriber
     decoder_ids = torch.nn.utils.rnn.pad_sequence(transcripts, batch_first=True, padding_value=eos)  # [clips, T]
     # Token t+1 is predicted at position t: score the transcript's tokens and its eos. The decoder prompt (start of
     # transcript, language, task, no-timestamps) is forced, not predicted.
     mask = torch.zeros(decoder_ids.shape[0], decoder_ids.shape[1] - 1, dtype=torch.bool)  # [clips, T-1]
-    for row, (prompt, count) in enumerate(zip(prompts, scored)):
-        mask[row, len(prompt) - 1 : len(prompt) - 1 + count] = True
+    for row, (prompt, sequence) in enumerate(zip(prompts, transcripts)):
+        mask[row, len(prompt) - 1 : len(sequence) - 1] = True
     log_probs = _log_probs(model, features, decoder_ids, mask, batch_size, encoder_states) if reference else None
     detected = sum(given_language is None and language is not None for given_language, language in zip(given, languages))
     return ProbeSet(features, decoder_ids, mask, log_probs, batch_size, languages, detected)
