@@ -39,8 +39,8 @@ copy of the model cast to bfloat16 (`sensitivity.probe_set`): on real base (24 c
 float32 time, the 24 sensitivities' rank correlation with float32's 0.993, each within 25 %. The sums over
 positions and ranks stay float32/float64: ⟨G, δ_r⟩ is a difference of two nearly equal sums at high ranks.
 Activations the autograd graph keeps are referenced, not copied; B is cached per slot across samples when there
-are several. Clips run in batches small enough for the
-activations autograd keeps (`batch_size_for`: 4 clips for tiny to small, 1 for large-v3).
+are several. Clips run in batches small enough for the activations autograd keeps (`batch_size_for`: 4 clips for
+tiny to small, 1 for large-v3).
 
 Results: `curves[slot]` [k] float64, the estimated KL per token at each rank (what `ranks.ranks_for_budget`
 spends the budget on), and `sensitivity[slot]` = est_KL(probe rank) / discarded variance, the probe's scalar,
